@@ -1,0 +1,609 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) in PyTorch.
+
+Everything the forward pass needs is in this file, so a Hub repo can ship it as remote code: it imports only
+torch, transformers and the configuration.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from .configuration import VanillaTransformerConfig
+
+# transformers 5 renamed the cache argument and output field `past_key_values` to `cache`.
+CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+
+
+def sinusoidal_table(num_positions: int, d_model: int, layout: str = "interleaved") -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)) (Section 3.5).
+
+    layout "split" puts all the sines first and all the cosines second, as Marian and fairseq do.
+    """
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)
+    inverse_frequency = 10000.0 ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    angles = position * inverse_frequency
+    if layout == "split":
+        return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+    table = torch.empty(num_positions, d_model, dtype=torch.float64)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles.cos()
+    return table.float()
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the labels shifted one step right, starting with decoder_start_token_id."""
+    decoder_input_ids = labels.new_empty(labels.shape)
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    decoder_input_ids[:, 0] = decoder_start_token_id
+    return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
+
+
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_index: bool = False) -> None:
+    """Raise a ValueError for ids outside the vocabulary, instead of an index error deep inside torch."""
+    if ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    valid = (ids >= 0) & (ids < vocab_size)
+    if allow_ignore_index:
+        valid |= ids == -100
+    if not bool(valid.all()):
+        bad = ids[~valid][0].item()
+        raise ValueError(f"{name} contains id {bad}, outside the vocabulary of {vocab_size} tokens")
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sinusoids that tell the model where each token is (Section 3.5); a buffer, never saved."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.layout = config.sinusoidal_layout
+        table = sinusoidal_table(config.max_position_embeddings, config.d_model, self.layout)
+        self.register_buffer("weight", table, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.weight[positions]
+
+
+def fused_linear(d_model: int, parts: int) -> nn.Linear:
+    """`parts` d_model x d_model projections in one matrix, so one matmul computes them all."""
+    linear = nn.Linear(d_model, parts * d_model)
+    linear.fused_parts = parts
+    return linear
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V) (Section 3.2.2).
+
+    The per-head projections are fused into one matrix: W^QKV for self-attention, W^Q and W^KV for encoder-decoder
+    attention, whose keys and values come from the encoder output ("memory").
+    """
+
+    def __init__(self, config: VanillaTransformerConfig, is_cross_attention: bool = False, layer_idx: int = 0):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.d_model // config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
+        if is_cross_attention:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = fused_linear(config.d_model, 2)
+        else:
+            self.qkv_proj = fused_linear(config.d_model, 3)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+
+    def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
+        batch, time, _ = x.shape
+        return x.view(batch, time, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.is_cross_attention:
+            (q,) = self.split_heads(self.q_proj(x), 1)
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                # The encoder output does not change while decoding: its keys and values are computed once.
+                layer = cache.cross_attention_cache.layers[self.layer_idx]
+                k, v = layer.keys, layer.values
+            else:
+                k, v = self.split_heads(self.kv_proj(memory), 2)
+                if cache is not None:
+                    k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            q, k, v = self.split_heads(self.qkv_proj(x), 3)
+            if cache is not None:
+                k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
+
+        dropout = self.dropout if self.training else 0.0
+        if output_attentions or self.config._attn_implementation == "eager":
+            out, weights = scaled_dot_product_attention_eager(q, k, v, mask, is_causal, dropout, self.training)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+            weights = None
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        return self.out_proj(out), weights
+
+
+def scaled_dot_product_attention_eager(q, k, v, mask, is_causal, dropout, training):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (Section 3.2.1), returning the weights too."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if is_causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    return F.dropout(weights, dropout, training) @ v, weights
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, applied to each position separately and identically (Section 3.3)."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.d_ff)
+        self.activation = ACT2FN[config.activation_function]
+        self.activation_dropout = config.activation_dropout
+        self.fc2 = nn.Linear(config.d_ff, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.dropout(self.activation(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(x)
+
+
+class ResidualLayerNorm(nn.LayerNorm):
+    """The residual connection and LayerNorm around a sub-layer: LayerNorm(x + Sublayer(x)) (Section 3.1).
+
+    "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and normalized."
+    With config.norm_first the norm moves inside the residual branch instead: x + Sublayer(LayerNorm(x)).
+    """
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config.d_model, eps=config.layer_norm_eps)
+        self.norm_first = config.norm_first
+        self.dropout = config.dropout
+
+    def sublayer_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x) if self.norm_first else x
+
+    def add(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
+        x = x + F.dropout(sublayer_output, self.dropout, self.training)
+        return x if self.norm_first else self(x)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then a feed-forward network, each in a residual connection with LayerNorm (Section 3.1)."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config)
+        self.self_attn_layer_norm = ResidualLayerNorm(config)
+        self.ffn = FeedForward(config)
+        self.final_layer_norm = ResidualLayerNorm(config)
+
+    def forward(self, x, mask=None, output_attentions=False):
+        h, weights = self.self_attn(self.self_attn_layer_norm.sublayer_input(x), mask=mask,
+                                    output_attentions=output_attentions)
+        x = self.self_attn_layer_norm.add(x, h)
+        x = self.final_layer_norm.add(x, self.ffn(self.final_layer_norm.sublayer_input(x)))
+        return x, weights
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, attention over the encoder output, then a feed-forward network (Section 3.1)."""
+
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, layer_idx=layer_idx)
+        self.self_attn_layer_norm = ResidualLayerNorm(config)
+        self.cross_attn = MultiHeadAttention(config, is_cross_attention=True, layer_idx=layer_idx)
+        self.cross_attn_layer_norm = ResidualLayerNorm(config)
+        self.ffn = FeedForward(config)
+        self.final_layer_norm = ResidualLayerNorm(config)
+
+    def forward(self, x, memory, self_mask=None, is_causal=False, memory_mask=None, cache=None,
+                output_attentions=False):
+        h, self_weights = self.self_attn(self.self_attn_layer_norm.sublayer_input(x), mask=self_mask,
+                                         is_causal=is_causal, cache=cache, output_attentions=output_attentions)
+        x = self.self_attn_layer_norm.add(x, h)
+        h, cross_weights = self.cross_attn(self.cross_attn_layer_norm.sublayer_input(x), memory=memory,
+                                           mask=memory_mask, cache=cache, output_attentions=output_attentions)
+        x = self.cross_attn_layer_norm.add(x, h)
+        x = self.final_layer_norm.add(x, self.ffn(self.final_layer_norm.sublayer_input(x)))
+        return x, self_weights, cross_weights
+
+
+class TransformerStack(nn.Module):
+    """What the encoder and decoder share: token embeddings x sqrt(d_model) + positional encodings, then dropout."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding, num_layers: int):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        if config.position_embedding == "sinusoidal":
+            self.embed_positions = SinusoidalPositionalEncoding(config)
+        else:
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
+        self.gradient_checkpointing = False
+
+    def embed(self, input_ids, inputs_embeds, past_length: int = 0) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
+            inputs_embeds = self.embed_tokens(input_ids)
+        length = past_length + inputs_embeds.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence of {length} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        positions = torch.arange(past_length, length, device=inputs_embeds.device)
+        x = inputs_embeds * self.embed_scale + self.embed_positions(positions)
+        return F.dropout(x, self.config.dropout, self.training)
+
+    def run_layer(self, layer, *args):
+        if self.gradient_checkpointing and self.training:
+            return self._gradient_checkpointing_func(layer.__call__, *args)
+        return layer(*args)
+
+
+class TransformerEncoder(TransformerStack):
+    """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.encoder_layers)
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
+                output_hidden_states=None, return_dict=True) -> BaseModelOutput:
+        x = self.embed(input_ids, inputs_embeds)
+        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
+        hidden_states, attentions = [], []
+        for layer in self.layers:
+            hidden_states.append(x)
+            x, weights = self.run_layer(layer, x, mask, bool(output_attentions))
+            attentions.append(weights)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        hidden_states.append(x)
+        return BaseModelOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+
+class TransformerDecoder(TransformerStack):
+    """N identical layers that attend to the output so far (masked) and to the encoder output (Section 3.1)."""
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.decoder_layers)
+        self.layers = nn.ModuleList(DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers))
+
+    def self_attention_mask(self, attention_mask, query_length: int, past_length: int, device):
+        """Where each decoder position may look: itself and what came before, minus padding.
+
+        Returns (mask, is_causal). Without padding the common cases need no tensor at all: SDPA's is_causal for a
+        full sequence, nothing for a single new token.
+        """
+        if attention_mask is None and past_length == 0 and query_length > 1:
+            return None, True
+        if attention_mask is None and query_length == 1:
+            return None, False
+        key_length = past_length + query_length
+        query_positions = torch.arange(past_length, key_length, device=device)[:, None]
+        key_positions = torch.arange(key_length, device=device)[None, :]
+        mask = (key_positions <= query_positions)[None, None]
+        if attention_mask is not None:
+            if attention_mask.shape[1] != key_length:
+                raise ValueError(
+                    f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected {key_length} "
+                    f"(cached {past_length} + new {query_length})"
+                )
+            # A padded position still sees itself, so that no softmax row is empty.
+            mask = (mask & attention_mask[:, None, None, :].bool()) | (key_positions == query_positions)
+        return mask, False
+
+    def forward(self, input_ids=None, encoder_hidden_states=None, encoder_attention_mask=None, attention_mask=None,
+                inputs_embeds=None, cache=None, use_cache=False, output_attentions=None, output_hidden_states=None):
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise TypeError(f"the decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}")
+        past_length = cache.get_seq_length() if cache is not None else 0
+        x = self.embed(input_ids, inputs_embeds, past_length)
+        self_mask, is_causal = self.self_attention_mask(attention_mask, x.shape[1], past_length, x.device)
+        memory_mask = encoder_attention_mask[:, None, None, :].bool() if encoder_attention_mask is not None else None
+
+        hidden_states, self_attentions, cross_attentions = [], [], []
+        for layer in self.layers:
+            hidden_states.append(x)
+            x, self_weights, cross_weights = self.run_layer(
+                layer, x, encoder_hidden_states, self_mask, is_causal, memory_mask, cache, bool(output_attentions)
+            )
+            self_attentions.append(self_weights)
+            cross_attentions.append(cross_weights)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        hidden_states.append(x)
+        return (
+            x,
+            cache if use_cache else None,
+            tuple(hidden_states) if output_hidden_states else None,
+            tuple(self_attentions) if output_attentions else None,
+            tuple(cross_attentions) if output_attentions else None,
+        )
+
+
+class VanillaTransformerPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading for the Transformer models."""
+
+    config_class = VanillaTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Xavier-uniform projections with zero biases; embeddings ~ N(0, d_model^-0.5) with a zero padding row."""
+        config = self.config
+        if getattr(module, "_is_hf_initialized", False):
+            return
+        if isinstance(module, nn.Linear):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                # A fused projection is initialised part by part, as the separate matrices would be.
+                for part in module.weight.chunk(getattr(module, "fused_parts", 1), dim=0):
+                    nn.init.xavier_uniform_(part)
+            if module.bias is not None and not getattr(module.bias, "_is_hf_initialized", False):
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                std = config.init_std if config.init_std is not None else config.d_model**-0.5
+                module.weight.normal_(0.0, std)
+                if module.padding_idx is not None:
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            if not getattr(module.weight, "_is_hf_initialized", False):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+        elif isinstance(module, SinusoidalPositionalEncoding):
+            module.weight.copy_(sinusoidal_table(*module.weight.shape, module.layout))
+        elif isinstance(module, VanillaTransformerForConditionalGeneration) and module.final_logits_bias is not None:
+            if not getattr(module.final_logits_bias, "_is_hf_initialized", False):
+                module.final_logits_bias.zero_()
+
+
+class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
+    """The bare encoder-decoder, returning the decoder's last hidden states."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        padding_idx = config.pad_token_id
+        if config.share_embeddings:
+            self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx)
+            encoder_embeddings = decoder_embeddings = self.shared
+            if config.tie_word_embeddings:
+                self._tied_weights_keys = {
+                    "encoder.embed_tokens.weight": "shared.weight",
+                    "decoder.embed_tokens.weight": "shared.weight",
+                }
+        else:
+            encoder_embeddings = nn.Embedding(config.vocab_size, config.d_model, padding_idx)
+            decoder_embeddings = nn.Embedding(config.target_vocab_size, config.d_model, padding_idx)
+        self.encoder = TransformerEncoder(config, encoder_embeddings)
+        self.decoder = TransformerDecoder(config, decoder_embeddings)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.encoder.embed_tokens = embeddings
+        if self.config.share_embeddings:
+            self.shared = self.decoder.embed_tokens = embeddings
+
+    def get_encoder(self, modality=None) -> TransformerEncoder:
+        return self.encoder
+
+    def get_decoder(self) -> TransformerDecoder:
+        return self.decoder
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        past_key_values=None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else (cache is not None)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, output_attentions,
+                                           output_hidden_states)
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        last_hidden_state, cache, hidden_states, self_attentions, cross_attentions = self.decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            attention_mask=decoder_attention_mask,
+            inputs_embeds=decoder_inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=last_hidden_state,
+            decoder_hidden_states=hidden_states,
+            decoder_attentions=self_attentions,
+            cross_attentions=cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+            **{CACHE_FIELD: cache},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with the linear + softmax output layer, label-smoothed loss and generate()."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.model = VanillaTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.target_vocab_size, bias=False)
+        if config.add_final_logits_bias:
+            self.register_buffer("final_logits_bias", torch.zeros(1, config.target_vocab_size))
+        else:
+            self.final_logits_bias = None
+        if config.tie_word_embeddings:
+            source = "model.shared.weight" if config.share_embeddings else "model.decoder.embed_tokens.weight"
+            self._tied_weights_keys = {"lm_head.weight": source}
+        self.post_init()
+        # The paper's decoding: "beam search with a beam size of 4 and length penalty alpha = 0.6 ... maximum output
+        # length during inference to input length + 50, but terminate early when possible" (Section 6.1).
+        self.generation_config.num_beams = 4
+        self.generation_config.length_penalty = 0.6
+        self.generation_config.early_stopping = True
+        self.generation_config.max_length_offset = 50
+
+    def get_encoder(self, modality=None) -> TransformerEncoder:
+        return self.model.encoder
+
+    def get_decoder(self) -> TransformerDecoder:
+        return self.model.decoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, embeddings: nn.Linear) -> None:
+        self.lm_head = embeddings
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.final_logits_bias is not None and self.config.share_embeddings:
+            old = self.final_logits_bias
+            new = old.new_zeros(1, embeddings.num_embeddings)
+            keep = min(old.shape[1], new.shape[1])
+            new[:, :keep] = old[:, :keep]
+            self.final_logits_bias = new
+        return embeddings
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        return_dict=None,
+        past_key_values=None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput:
+        if labels is not None:
+            check_token_ids("labels", labels, self.config.target_vocab_size, allow_ignore_index=True)
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache if cache is not None else past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias
+
+        loss = None
+        if labels is not None:
+            # Label smoothing of value 0.1: "This hurts perplexity ... but improves accuracy and BLEU" (Section 5.4).
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                label_smoothing=self.config.label_smoothing,
+            )
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """generate(), where the output length defaults to the paper's "input length + 50" (Section 6.1).
+
+        The offset comes from generation_config.max_length_offset; max_length or max_new_tokens override it.
+        """
+        config = generation_config if generation_config is not None else self.generation_config
+        offset = getattr(config, "max_length_offset", None)
+        source = inputs if inputs is not None else kwargs.get("input_ids")
+        explicit = ("max_length", "max_new_tokens")
+        if offset is not None and source is not None and not any(kwargs.get(k) is not None for k in explicit):
+            kwargs["max_length"] = source.shape[1] + offset
+        return super().generate(inputs, generation_config=generation_config, **kwargs)
+
+
+__all__ = [
+    "VanillaTransformerPreTrainedModel",
+    "VanillaTransformerModel",
+    "VanillaTransformerForConditionalGeneration",
+    "sinusoidal_table",
+    "shift_tokens_right",
+]
