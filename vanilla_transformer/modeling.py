@@ -13,6 +13,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import VanillaTransformerConfig
 
@@ -128,25 +129,30 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
 
-        dropout = self.dropout if self.training else 0.0
-        if output_attentions or self.config._attn_implementation == "eager":
-            out, weights = scaled_dot_product_attention_eager(q, k, v, mask, is_causal, dropout, self.training)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
-            weights = None
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.out_proj(out), weights
+        # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        out, weights = attention(
+            self, q, k, v, mask, dropout=self.dropout if self.training else 0.0, scaling=self.head_dim**-0.5,
+            is_causal=is_causal,
+        )
+        return self.out_proj(out.reshape(x.shape[0], x.shape[1], -1)), weights
 
 
-def scaled_dot_product_attention_eager(q, k, v, mask, is_causal, dropout, training):
-    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (Section 3.2.1), returning the weights too."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if is_causal:
-        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-    if mask is not None:
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=False,
+                            **kwargs):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (Section 3.2.1), also returning the weights.
+
+    Masks are boolean (True = may attend); the output is (batch, time, heads, head_dim) as AttentionInterface expects.
+    """
+    scores = query @ key.transpose(-2, -1) * scaling
+    if is_causal and attention_mask is None and query.shape[-2] > 1:
+        attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
-    return F.dropout(weights, dropout, training) @ v, weights
+    output = F.dropout(weights, dropout, module.training) @ value
+    return output.transpose(1, 2).contiguous(), weights
 
 
 class FeedForward(nn.Module):
@@ -500,6 +506,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.generation_config.length_penalty = 0.6
         self.generation_config.early_stopping = True
         self.generation_config.max_length_offset = 50
+        self.generation_config._from_model_config = False  # it is ours now: keep it whole when saved and loaded
 
     def get_encoder(self, modality=None) -> TransformerEncoder:
         return self.model.encoder

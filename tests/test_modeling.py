@@ -1,0 +1,291 @@
+"""The model's contract: causality, padding, cache, attention paths, loss, positions, learning, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_batch, tiny_model
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer.modeling import CACHE_FIELD, sinusoidal_table
+
+# The model's variants: the paper's (post-norm, sinusoidal) and the options people switch on.
+VARIANTS = {
+    "paper": {},
+    "pre-norm": {"norm_first": True},
+    "learned-positions": {"position_embedding": "learned"},
+    "marian-like": {"activation_function": "swish", "sinusoidal_layout": "split", "add_final_logits_bias": True},
+    "untied": {"share_embeddings": False, "tie_word_embeddings": False, "decoder_vocab_size": 77},
+}
+
+
+def padded_batch(lengths, pad_id=0, seed=0):
+    """Right-padded source ids and their attention mask, one row per length."""
+    rows = [random_batch(1, n, seed=seed + i)[0] for i, n in enumerate(lengths)]
+    ids = torch.full((len(rows), max(lengths)), pad_id)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask, rows
+
+
+def strip(tokens: torch.Tensor, eos_id: int = 2) -> list[int]:
+    """Generated ids up to and including the first </s>: what follows is filler."""
+    tokens = tokens.tolist()
+    return tokens[: tokens.index(eos_id) + 1] if eos_id in tokens else tokens
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_decoder_is_causal(variant):
+    model = tiny_model(**VARIANTS[variant])
+    src = random_batch(2, 9, seed=1)
+    tgt = random_batch(2, 10, vocab=model.config.target_vocab_size, seed=2)
+    logits = model(input_ids=src, decoder_input_ids=tgt).logits
+    for t in range(tgt.shape[1] - 1):
+        changed = tgt.clone()
+        changed[:, t + 1 :] = random_batch(2, tgt.shape[1] - t - 1, vocab=model.config.target_vocab_size, seed=10 + t)
+        changed_logits = model(input_ids=src, decoder_input_ids=changed).logits
+        torch.testing.assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, rtol=0)
+        assert not torch.allclose(changed_logits[:, t + 1 :], logits[:, t + 1 :])
+
+
+@pytest.mark.parametrize("variant", ["paper", "pre-norm"])
+def test_padding_does_not_change_logits_or_translations(variant):
+    model = tiny_model(**VARIANTS[variant])
+    src, mask, rows = padded_batch([3, 9, 6, 1])
+    tgt = random_batch(len(rows), 7, seed=5)
+    batched = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    for settings in ({"num_beams": 1}, {"num_beams": 4}):
+        batched_out = model.generate(src, attention_mask=mask, max_new_tokens=12, **settings)
+        for i, row in enumerate(rows):
+            alone = model(input_ids=row[None], decoder_input_ids=tgt[i : i + 1]).logits
+            torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=0)
+            alone_out = model.generate(row[None], max_new_tokens=12, **settings)
+            assert strip(batched_out[i]) == strip(alone_out[0]), settings
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_incremental_decoding_with_cache_equals_full_forward(variant):
+    model = tiny_model(**VARIANTS[variant])
+    src, mask, _ = padded_batch([5, 8, 2])
+    tgt = random_batch(3, 9, vocab=model.config.target_vocab_size, seed=3)
+    full = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+
+    encoder_outputs = model.get_encoder()(src, mask)
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    steps = []
+    for t in range(tgt.shape[1]):
+        out = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, t : t + 1],
+                    cache=cache, use_cache=True)
+        cache = getattr(out, CACHE_FIELD)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+    # A prefix of several tokens, then one more: the cached causal mask must line up with the absolute positions.
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    first = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, :4], cache=cache,
+                  use_cache=True)
+    rest = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, 4:],
+                 cache=getattr(first, CACHE_FIELD), use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_with_and_without_cache_agree(num_beams):
+    model = tiny_model()
+    src, mask, _ = padded_batch([4, 7, 2, 6])
+    with_cache = model.generate(src, attention_mask=mask, num_beams=num_beams, max_new_tokens=15, use_cache=True)
+    without = model.generate(src, attention_mask=mask, num_beams=num_beams, max_new_tokens=15, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sdpa_and_eager_attention_agree(variant):
+    model = tiny_model(**VARIANTS[variant])
+    src, mask, _ = padded_batch([6, 3])
+    tgt = random_batch(2, 5, vocab=model.config.target_vocab_size, seed=4)
+    sdpa = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    eager = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, output_attentions=True)
+    torch.testing.assert_close(eager.logits, sdpa, atol=1e-5, rtol=0)
+    config = model.config
+    assert len(eager.encoder_attentions) == config.encoder_layers
+    assert len(eager.cross_attentions) == config.decoder_layers
+    # Attention weights are distributions, and nothing attends to source padding.
+    cross = eager.cross_attentions[0]
+    torch.testing.assert_close(cross.sum(-1), torch.ones_like(cross.sum(-1)))
+    assert cross[1, :, :, 3:].abs().max() == 0
+    causal = eager.decoder_attentions[0]
+    assert causal[0, :, 0, 1:].abs().max() == 0
+
+
+def test_hidden_states_are_returned_per_layer():
+    model = tiny_model()
+    out = model(input_ids=random_batch(2, 5), decoder_input_ids=random_batch(2, 4), output_hidden_states=True)
+    assert len(out.encoder_hidden_states) == model.config.encoder_layers + 1
+    assert len(out.decoder_hidden_states) == model.config.decoder_layers + 1
+    torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+
+
+def test_label_smoothed_loss_matches_torch_and_ignores_padding():
+    model = tiny_model(label_smoothing=0.1)
+    src = random_batch(3, 6)
+    labels = random_batch(3, 7, seed=8)
+    labels[0, 5:] = -100
+    labels[2, 2:] = -100
+    out = model(input_ids=src, labels=labels)
+    reference = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                label_smoothing=0.1)
+    torch.testing.assert_close(out.loss, reference)
+
+    # Written out: mean over real tokens of (1 - eps) * NLL + eps * mean_k(-log p_k).
+    log_probs = out.logits.log_softmax(-1)
+    keep = labels != -100
+    nll = -log_probs[keep].gather(-1, labels[keep][:, None]).squeeze(-1)
+    smooth = -log_probs[keep].mean(-1)
+    torch.testing.assert_close(out.loss, (0.9 * nll + 0.1 * smooth).mean())
+
+    # The decoder input is the labels shifted right; ignored positions become padding, and never count.
+    expected = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), labels[:, :-1]], dim=1)
+    expected[expected == -100] = model.config.pad_token_id
+    assert torch.equal(model.prepare_decoder_input_ids_from_labels(labels), expected)
+    changed = out.logits.detach().clone()
+    changed[~keep] += torch.randn_like(changed[~keep])
+    assert F.cross_entropy(changed.reshape(-1, 99), labels.reshape(-1), label_smoothing=0.1).item() == pytest.approx(
+        out.loss.item()
+    )
+
+
+@pytest.mark.parametrize("d_model", [4, 32, 512])
+def test_positional_encoding_is_the_papers_formula(d_model):
+    table = sinusoidal_table(60, d_model)
+    for pos in range(60):
+        for i in range(d_model // 2):
+            angle = pos / 10000 ** (2 * i / d_model)
+            assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_model_adds_the_encoding_to_scaled_embeddings():
+    model = tiny_model()
+    ids = random_batch(1, 6)
+    encoder = model.get_encoder()
+    expected = encoder.embed_tokens(ids) * math.sqrt(32) + sinusoidal_table(64, 32)[:6]
+    torch.testing.assert_close(encoder.embed(ids, None), expected)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    def grads(checkpointing):
+        model = tiny_model().train()
+        model.config.dropout = 0.0
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        loss = model(input_ids=random_batch(2, 6), labels=random_batch(2, 5, seed=1)).loss
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None], model
+
+    plain, _ = grads(False)
+    checkpointed, model = grads(True)
+    assert model.model.encoder.gradient_checkpointing
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_resize_token_embeddings_keeps_weights_tied():
+    model = tiny_model(add_final_logits_bias=True)
+    model.resize_token_embeddings(120)
+    assert model.config.vocab_size == 120
+    assert model.lm_head.weight.shape == (120, 32)
+    assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
+    assert model.model.encoder.embed_tokens is model.model.decoder.embed_tokens
+    assert model.final_logits_bias.shape == (1, 120)
+    out = model(input_ids=torch.tensor([[110, 5, 2]]), labels=torch.tensor([[119, 2]]))
+    assert out.logits.shape[-1] == 120
+
+
+def test_tiny_model_memorises_16_pairs_and_generate_reproduces_them():
+    torch.manual_seed(0)
+    config = VanillaTransformerConfig.from_preset("tiny", d_model=64, d_ff=128, label_smoothing=0.0)
+    model = VanillaTransformerForConditionalGeneration(config)
+    pairs = []
+    for i in range(16):
+        length = 3 + i % 5
+        src = random_batch(1, length, seed=100 + i)[0]
+        tgt = random_batch(1, length + 1, seed=200 + i)[0]
+        pairs.append((torch.cat([src, torch.tensor([2])]), torch.cat([tgt, torch.tensor([2])])))
+    src, mask, _ = padded_batch([len(s) for s, _ in pairs])
+    for i, (s, _) in enumerate(pairs):
+        src[i, : len(s)] = s
+    labels = torch.full((16, max(len(t) for _, t in pairs)), -100)
+    for i, (_, t) in enumerate(pairs):
+        labels[i, : len(t)] = t
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
+    model.train()
+    for step in range(400):
+        loss = model(input_ids=src, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.05, f"loss {loss.item():.4f} after {step + 1} steps"
+
+    model.eval()
+    for num_beams in (1, 4):
+        out = model.generate(src, attention_mask=mask, num_beams=num_beams, max_new_tokens=12)
+        for i, (_, target) in enumerate(pairs):
+            generated = strip(out[i])
+            assert generated[0] == config.decoder_start_token_id
+            assert generated[1:] == target.tolist(), (num_beams, i)
+
+
+def test_generation_defaults_are_the_papers():
+    model = tiny_model()
+    config = model.generation_config
+    assert (config.num_beams, config.length_penalty, config.max_length_offset) == (4, 0.6, 50)
+    src = random_batch(1, 7)
+    # Untrained, the model never stops early, so the output runs to input length + 50 ...
+    assert model.generate(src, num_beams=1).shape[1] == 7 + 50
+    # ... unless a length is asked for.
+    assert model.generate(src, num_beams=1, max_new_tokens=5).shape[1] == 6
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_attention_heads", 5, "divisible by num_attention_heads"),
+        ("activation_function", "tanhh", "activation_function"),
+        ("d_model", 0, "d_model"),
+        ("encoder_layers", -1, "encoder_layers"),
+        ("d_ff", 2.5, "d_ff"),
+        ("dropout", 1.5, "dropout"),
+        ("position_embedding", "rotary", "position_embedding"),
+        ("sinusoidal_layout", "zigzag", "sinusoidal_layout"),
+        ("pad_token_id", 500, "pad_token_id"),
+    ],
+)
+def test_bad_config_values_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        VanillaTransformerConfig.from_preset("tiny", **{field: value})
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        VanillaTransformerConfig.from_preset("huge")
+
+
+def test_bad_inputs_give_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings=64"):
+        model(input_ids=random_batch(1, 65), decoder_input_ids=random_batch(1, 3))
+    with pytest.raises(ValueError, match="labels contains id 99"):
+        model(input_ids=random_batch(1, 5), labels=torch.tensor([[5, 99]]))
+    with pytest.raises(ValueError, match="input_ids contains id 1000"):
+        model(input_ids=torch.tensor([[5, 1000]]), decoder_input_ids=random_batch(1, 3))
+    with pytest.raises(ValueError, match="labels contains id -5"):
+        model(input_ids=random_batch(1, 5), labels=torch.tensor([[5, -5]]))

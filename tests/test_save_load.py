@@ -1,0 +1,98 @@
+"""Checkpoints: round trips, Auto classes, remote code in a fresh process, and the paper's model sizes."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_batch, tiny_model
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
+
+from vanilla_transformer import (
+    VanillaTransformerConfig,
+    VanillaTransformerForConditionalGeneration,
+    VanillaTransformerModel,
+)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("overrides", [{}, {"add_final_logits_bias": True, "sinusoidal_layout": "split"},
+                                       {"share_embeddings": False, "decoder_vocab_size": 50}])
+def test_round_trip_is_bit_identical(tmp_path, overrides):
+    model = tiny_model(**overrides)
+    if model.final_logits_bias is not None:
+        model.final_logits_bias.normal_()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is VanillaTransformerForConditionalGeneration
+    src, tgt = random_batch(2, 6), random_batch(2, 4, vocab=model.config.target_vocab_size, seed=1)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=src, decoder_input_ids=tgt).logits,
+                           model(input_ids=src, decoder_input_ids=tgt).logits)
+    assert loaded.generation_config.num_beams == 4
+    assert loaded.generation_config.max_length_offset == 50
+
+
+def test_checkpoint_holds_weights_once_and_no_positional_tables(tmp_path):
+    tiny_model().save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert not any("embed_positions" in k for k in keys)
+    # The three tied matrices are stored once.
+    assert sum(k.endswith("embed_tokens.weight") or k in {"lm_head.weight", "model.shared.weight"} for k in keys) == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "vanilla_transformer"
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling.VanillaTransformerForConditionalGeneration"
+    assert (tmp_path / "modeling.py").is_file() and (tmp_path / "configuration.py").is_file()
+
+
+def test_auto_classes_know_the_model(tmp_path):
+    config = VanillaTransformerConfig.from_preset("tiny")
+    config.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), VanillaTransformerConfig)
+    assert type(AutoModel.from_config(config)) is VanillaTransformerModel
+    assert type(AutoModelForSeq2SeqLM.from_config(config)) is VanillaTransformerForConditionalGeneration
+
+
+def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    src = random_batch(2, 6)
+    torch.save(src, tmp_path / "src.pt")
+    with torch.no_grad():
+        torch.save(model(input_ids=src, decoder_input_ids=src).logits, tmp_path / "logits.pt")
+        torch.save(model.generate(src, num_beams=4, max_new_tokens=8), tmp_path / "beam.pt")
+
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from transformers import AutoModelForSeq2SeqLM
+        model = AutoModelForSeq2SeqLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert "vanilla_transformer" not in sys.modules, "the package itself was imported"
+        src = torch.load({str(tmp_path / "src.pt")!r})
+        with torch.no_grad():
+            logits = model(input_ids=src, decoder_input_ids=src).logits
+        assert torch.equal(logits, torch.load({str(tmp_path / "logits.pt")!r}))
+        beam = model.generate(src, num_beams=4, max_new_tokens=8)
+        assert torch.equal(beam, torch.load({str(tmp_path / "beam.pt")!r}))
+        print(type(model).__module__)
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().startswith("transformers_modules")
+
+
+def test_base_and_big_have_the_papers_sizes():
+    with torch.device("meta"):
+        base = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.from_preset("base"))
+        big = VanillaTransformerForConditionalGeneration(VanillaTransformerConfig.from_preset("big"))
+    assert base.config.vocab_size == 37000
+    assert 60e6 <= count_parameters(base) <= 66e6  # Table 3: 65M
+    assert 210e6 <= count_parameters(big) <= 215e6  # Table 3: 213M
