@@ -9,7 +9,7 @@ from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForC
 DATA_DIR = Path(os.environ.get("VANILLA_TRANSFORMER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared parallel corpora (VANILLA_TRANSFORMER_DATA, default ../shared/data)."""
     if not (DATA_DIR / "multi30k").is_dir():

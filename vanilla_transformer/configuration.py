@@ -104,6 +104,18 @@ class VanillaTransformerConfig(PretrainedConfig):
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, preset: str = "base", **overrides) -> "VanillaTransformerConfig":
+        """A config whose vocabulary and special-token ids are the tokenizer's, so that the two cannot drift apart."""
+        from_tokenizer = dict(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.bos_token_id,
+        )
+        return cls.from_preset(preset, **{**from_tokenizer, **overrides})
+
     def check(self) -> None:
         """Raise a ValueError naming the first field whose value cannot describe a model."""
         for field in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "num_attention_heads", "d_ff",
