@@ -1,0 +1,72 @@
+"""Encoding speed: our joint BPE (tokenizers) vs sentencepiece BPE, same data, same vocabulary size, same run.
+
+Prints one JSON object. Usage: python benchmarks/bench_tokenizer.py [--data ../shared/data] [--vocab-size 10000]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import sentencepiece
+import tokenizers
+
+from vanilla_transformer.corpus import read_lines
+from vanilla_transformer.tokenization import train_tokenizer
+
+
+def best_of(repeats: int, fn) -> float:
+    """Median wall time of fn over `repeats` runs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=os.environ.get("VANILLA_TRANSFORMER_DATA", "../shared/data"))
+    parser.add_argument("--vocab-size", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    files = [Path(args.data) / "multi30k" / f"train.{lang}" for lang in ("de", "en")]
+    lines = [line for path in files for line in read_lines(path)]
+
+    ours = train_tokenizer(files, vocab_size=args.vocab_size, show_progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "train.txt"
+        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        sentencepiece.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=f"{tmp}/spm", vocab_size=args.vocab_size, model_type="bpe",
+            character_coverage=1.0, byte_fallback=True, num_threads=os.cpu_count(), minloglevel=2,
+        )
+        spm = sentencepiece.SentencePieceProcessor(model_file=f"{tmp}/spm.model")
+
+    ours_s = best_of(args.repeats, lambda: ours(lines)["input_ids"])
+    backend_s = best_of(args.repeats, lambda: ours.backend_tokenizer.encode_batch(lines))
+    spm_s = best_of(args.repeats, lambda: spm.encode(lines, num_threads=os.cpu_count()))
+    result = {
+        "sentences": len(lines),
+        "vocab_size": args.vocab_size,
+        "ours_transformers_call_sentences_per_s": round(len(lines) / ours_s),
+        "ours_tokenizers_backend_sentences_per_s": round(len(lines) / backend_s),
+        "sentencepiece_sentences_per_s": round(len(lines) / spm_s),
+        "ratio_ours_vs_sentencepiece": round(spm_s / ours_s, 3),
+        "tokens_per_sentence_ours": round(sum(map(len, ours(lines)["input_ids"])) / len(lines), 2),
+        "tokens_per_sentence_sentencepiece": round(sum(map(len, spm.encode(lines))) / len(lines) + 1, 2),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "versions": {"tokenizers": tokenizers.__version__, "sentencepiece": sentencepiece.__version__},
+        "repeats": args.repeats,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
