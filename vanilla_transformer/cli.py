@@ -52,6 +52,15 @@ def demo(args: argparse.Namespace) -> None:
     print(f"(untrained weights, so the translation is noise; beam 4 took {seconds * 1000:.0f} ms)")
 
 
+def convert_marian(args: argparse.Namespace) -> None:
+    """Convert a MarianMT (OPUS-MT) model folder or Hub repo into a model folder of ours."""
+    from .convert.marian import convert_marian_checkpoint
+
+    model = convert_marian_checkpoint(args.source, args.out)
+    print(f"converted {args.source} -> {args.out}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"activation {model.config.activation_function}, tokenizer copied as it is")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vanilla-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
     train.add_argument("--out", required=True, help="folder to save the tokenizer in")
     train.set_defaults(func=tokenizer_train)
+
+    convert = commands.add_parser("convert-marian", help="load a MarianMT/OPUS-MT checkpoint into our model")
+    convert.add_argument("source", help="a Marian model folder or Hub repo id, e.g. Helsinki-NLP/opus-mt-de-en")
+    convert.add_argument("out", help="folder to write the converted model and tokenizer to")
+    convert.set_defaults(func=convert_marian)
 
     args = parser.parse_args(argv)
     args.func(args)

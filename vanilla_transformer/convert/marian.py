@@ -1,0 +1,110 @@
+"""MarianMT (OPUS-MT) checkpoints in our model: the same post-norm encoder-decoder, weights renamed, nothing retrained.
+
+Marian differs from the paper in ways that are config options here: swish or gelu activations, sines and cosines in
+two halves of the positional table, and a fixed bias on the logits.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMTModel
+
+from ..configuration import VanillaTransformerConfig
+from ..modeling import VanillaTransformerForConditionalGeneration
+
+MARIAN_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu"}
+
+
+def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
+    """Our config for a Marian one; a MarianConfig we cannot represent raises a ValueError naming the field."""
+    pairs = [("decoder_attention_heads", "encoder_attention_heads"), ("decoder_ffn_dim", "encoder_ffn_dim")]
+    for decoder_field, encoder_field in pairs:
+        if getattr(marian, decoder_field) != getattr(marian, encoder_field):
+            raise ValueError(
+                f"MarianConfig.{decoder_field}={getattr(marian, decoder_field)} differs from "
+                f"{encoder_field}={getattr(marian, encoder_field)}: both stacks share one value here"
+            )
+    for field in ("encoder_layerdrop", "decoder_layerdrop"):
+        if getattr(marian, field):
+            raise ValueError(f"MarianConfig.{field}={getattr(marian, field)} is not supported (LayerDrop)")
+    if marian.activation_function not in MARIAN_ACTIVATIONS:
+        raise ValueError(
+            f"MarianConfig.activation_function={marian.activation_function!r} is not one of {sorted(MARIAN_ACTIVATIONS)}"
+        )
+    if getattr(marian, "normalize_before", False):
+        raise ValueError("MarianConfig.normalize_before=True is not supported: Marian models are post-norm")
+    eos = marian.eos_token_id[0] if isinstance(marian.eos_token_id, list) else marian.eos_token_id
+    return VanillaTransformerConfig(
+        vocab_size=marian.vocab_size,
+        decoder_vocab_size=None if marian.share_encoder_decoder_embeddings else marian.decoder_vocab_size,
+        d_model=marian.d_model,
+        encoder_layers=marian.encoder_layers,
+        decoder_layers=marian.decoder_layers,
+        num_attention_heads=marian.encoder_attention_heads,
+        d_ff=marian.encoder_ffn_dim,
+        dropout=marian.dropout,
+        attention_dropout=marian.attention_dropout,
+        activation_dropout=marian.activation_dropout,
+        activation_function=MARIAN_ACTIVATIONS[marian.activation_function],
+        max_position_embeddings=marian.max_position_embeddings,
+        position_embedding="sinusoidal",
+        sinusoidal_layout="split",
+        scale_embedding=marian.scale_embedding,
+        share_embeddings=marian.share_encoder_decoder_embeddings,
+        tie_word_embeddings=marian.tie_word_embeddings,
+        add_final_logits_bias=True,
+        norm_first=False,
+        layer_norm_eps=1e-5,  # torch's nn.LayerNorm default, which Marian uses
+        label_smoothing=0.0,  # MarianMTModel's loss is plain cross-entropy
+        pad_token_id=marian.pad_token_id,
+        bos_token_id=marian.bos_token_id,
+        eos_token_id=eos,
+        decoder_start_token_id=marian.decoder_start_token_id,
+    )
+
+
+def convert_state_dict(marian_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename Marian's weights to ours, fusing the q/k/v projections into one matrix."""
+    state = {}
+    for name, tensor in marian_state.items():
+        if "embed_positions" in name:
+            continue  # recomputed from the formula, never stored
+        name = name.replace(".encoder_attn.", ".cross_attn.").replace("encoder_attn_layer_norm", "cross_attn_layer_norm")
+        name = name.replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
+        state[name] = tensor
+    for name in [n for n in state if ".q_proj." in n]:
+        prefix, kind = name.split(".q_proj.")
+        if prefix.endswith("cross_attn"):
+            state[f"{prefix}.kv_proj.{kind}"] = torch.cat([state.pop(f"{prefix}.{p}_proj.{kind}") for p in "kv"])
+        else:
+            state[f"{prefix}.qkv_proj.{kind}"] = torch.cat([state.pop(f"{prefix}.{p}_proj.{kind}") for p in "qkv"])
+    return state
+
+
+def convert_marian(marian: MarianMTModel) -> VanillaTransformerForConditionalGeneration:
+    """Our model carrying a MarianMTModel's weights, decoding settings included."""
+    config = convert_config(marian.config)
+    model = VanillaTransformerForConditionalGeneration(config)
+    state = convert_state_dict(marian.state_dict())
+    if config.share_embeddings:
+        # One matrix here; Marian keeps per-stack copies, which a real checkpoint holds equal to `shared`.
+        for copy in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"):
+            if copy in state and not torch.equal(state.pop(copy), state["model.shared.weight"]):
+                raise ValueError(f"{copy} differs from model.shared.weight although share_encoder_decoder_embeddings")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied copies (encoder/decoder embeddings, lm_head) may be absent from one side; nothing else may be.
+    tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"weights did not map: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    model.generation_config = GenerationConfig.from_dict(marian.generation_config.to_dict())
+    model.generation_config.max_length_offset = None  # keep Marian's own length settings
+    return model.to(marian.dtype).eval()
+
+
+def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> VanillaTransformerForConditionalGeneration:
+    """Convert a Marian model folder or Hub repo id into a model folder of ours, with Marian's tokenizer as it is."""
+    marian = MarianMTModel.from_pretrained(source)
+    model = convert_marian(marian)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
+    return model
