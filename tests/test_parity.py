@@ -189,3 +189,46 @@ def test_one_layer_encoder_matches_the_papers_equations():
             ffn = F.relu(x @ layer.ffn.fc1.weight.T + layer.ffn.fc1.bias) @ layer.ffn.fc2.weight.T + layer.ffn.fc2.bias
             x = layer_norm(x + ffn, layer.final_layer_norm)
             torch.testing.assert_close(actual[b, :n], x[:n], atol=1e-5, rtol=0)
+
+
+def marian_tokenizer(data_dir, folder):
+    """A MarianTokenizer with a small sentencepiece model trained on Multi30k val, as OPUS-MT ships them."""
+    import json
+
+    import sentencepiece
+    from transformers import MarianTokenizer
+
+    lines = [line for lang in ("de", "en") for line in (data_dir / f"multi30k/val.{lang}").read_text().splitlines()[:300]]
+    (folder / "text.txt").write_text("\n".join(lines), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(input=str(folder / "text.txt"), model_prefix=str(folder / "spm"),
+                                             vocab_size=VOCAB, minloglevel=2)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+    pieces = [p for p in pieces if p not in ("<s>", "</s>", "<unk>")]
+    vocab = {"</s>": EOS, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces)}}
+    vocab["<pad>"] = PAD
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    return MarianTokenizer(str(folder / "spm.model"), str(folder / "spm.model"), str(folder / "vocab.json"))
+
+
+def test_convert_marian_command_copies_tokenizer_and_keeps_translations(data_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from vanilla_transformer.cli import main
+
+    marian = opus_mt_like(seed=3)
+    tokenizer = marian_tokenizer(data_dir, tmp_path)
+    assert len(tokenizer) == VOCAB and tokenizer.pad_token_id == PAD
+    marian.save_pretrained(tmp_path / "marian")
+    tokenizer.save_pretrained(tmp_path / "marian")
+
+    main(["convert-marian", str(tmp_path / "marian"), str(tmp_path / "ours")])
+
+    ours = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "ours").eval()
+    copied = AutoTokenizer.from_pretrained(tmp_path / "ours")
+    sentences = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee.", "A woman is reading."]
+    batch = copied(sentences, return_tensors="pt", padding=True)
+    assert torch.equal(batch["input_ids"], tokenizer(sentences, return_tensors="pt", padding=True)["input_ids"])
+    expected = tokenizer.batch_decode(marian.generate(**batch, num_beams=4, max_new_tokens=12), skip_special_tokens=True)
+    actual = copied.batch_decode(ours.generate(**batch, num_beams=4, max_new_tokens=12), skip_special_tokens=True)
+    assert actual == expected
