@@ -289,3 +289,20 @@ def test_bad_inputs_give_clear_errors():
         model(input_ids=torch.tensor([[5, 1000]]), decoder_input_ids=random_batch(1, 3))
     with pytest.raises(ValueError, match="labels contains id -5"):
         model(input_ids=random_batch(1, 5), labels=torch.tensor([[5, -5]]))
+
+
+def test_sampling_and_ngram_blocking_work_through_generate():
+    model = tiny_model()
+    src, mask, _ = padded_batch([5, 8])
+    torch.manual_seed(1)
+    first = model.generate(src, attention_mask=mask, do_sample=True, top_k=20, num_beams=1, max_new_tokens=10)
+    torch.manual_seed(1)
+    again = model.generate(src, attention_mask=mask, do_sample=True, top_k=20, num_beams=1, max_new_tokens=10)
+    assert torch.equal(first, again)
+    greedy = model.generate(src, attention_mask=mask, num_beams=1, max_new_tokens=10)
+    blocked = model.generate(src, attention_mask=mask, num_beams=4, no_repeat_ngram_size=2, max_new_tokens=10)
+    # The untrained model repeats itself when left alone; with blocking, no bigram occurs twice.
+    assert any(len(set(zip(row, row[1:]))) < len(row) - 1 for row in greedy.tolist())
+    for row in blocked.tolist():
+        bigrams = list(zip(row, row[1:]))
+        assert len(bigrams) == len(set(bigrams))
