@@ -7,26 +7,15 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import sentencepiece
 import tokenizers
+from common import median_seconds
 
 from vanilla_transformer.corpus import read_lines
 from vanilla_transformer.tokenization import train_tokenizer
-
-
-def best_of(repeats: int, fn) -> float:
-    """Median wall time of fn over `repeats` runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -49,9 +38,9 @@ def main() -> None:
         )
         spm = sentencepiece.SentencePieceProcessor(model_file=f"{tmp}/spm.model")
 
-    ours_s = best_of(args.repeats, lambda: ours(lines)["input_ids"])
-    backend_s = best_of(args.repeats, lambda: ours.backend_tokenizer.encode_batch(lines))
-    spm_s = best_of(args.repeats, lambda: spm.encode(lines, num_threads=os.cpu_count()))
+    ours_s = median_seconds(lambda: ours(lines)["input_ids"], args.repeats)
+    backend_s = median_seconds(lambda: ours.backend_tokenizer.encode_batch(lines), args.repeats)
+    spm_s = median_seconds(lambda: spm.encode(lines, num_threads=os.cpu_count()), args.repeats)
     result = {
         "sentences": len(lines),
         "vocab_size": args.vocab_size,
