@@ -19,7 +19,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	VANILLA_TRANSFORMER_DATA=$(DATA) $(BIN)/vanilla-transformer demo
+	VANILLA_TRANSFORMER_DATA=$(DATA) $(BIN)/vanilla-transformer demo $(ARGS)
 
 test: install
 	VANILLA_TRANSFORMER_DATA=$(DATA) $(BIN)/python -m pytest -q

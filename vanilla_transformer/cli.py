@@ -1,11 +1,10 @@
 """The `vanilla-transformer` command line."""
 
 import argparse
-import os
+import json
 import time
 from pathlib import Path
 
-DEFAULT_DATA = os.environ.get("VANILLA_TRANSFORMER_DATA", "../shared/data")
 
 
 def tokenizer_train(args: argparse.Namespace) -> None:
@@ -26,30 +25,31 @@ def tokenizer_train(args: argparse.Namespace) -> None:
               f"{subwords_per_word(tokenizer, lines):.3f} subwords per word, {len(lines)} sentences")
 
 
+QUICK = ["training.max_steps=150", "training.eval_steps=75", "training.save_steps=75", "data.validation_size=100",
+         "data.test_size=200", "training.warmup_steps=300", "average_last=2"]
+
+
 def demo(args: argparse.Namespace) -> None:
-    """Smoke run of the package: tokenizer on Multi30k, a preset model from it, one beam-search translation."""
-    import torch
+    """The main job: train the Multi30k de->en recipe, score test2016 with beam search, show some translations."""
+    from .training.recipe import load_recipe
+    from .training.run import train as run
 
-    from . import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-    from .tokenization import train_tokenizer
-
-    data = Path(args.data) / "multi30k"
-    print(f"training a {args.vocab_size}-token joint BPE vocabulary on {data}/train.{{de,en}} ...")
-    tokenizer = train_tokenizer([data / "train.de", data / "train.en"], vocab_size=args.vocab_size)
-    torch.manual_seed(0)
-    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=args.preset)
-    model = VanillaTransformerForConditionalGeneration(config).eval()
-    print(f"model: preset {args.preset!r}, {sum(p.numel() for p in model.parameters()):,} parameters "
-          f"(d_model {config.d_model}, {config.encoder_layers}+{config.decoder_layers} layers, "
-          f"{config.num_attention_heads} heads)")
-    source = "Ein Mann fährt mit dem Fahrrad durch die Stadt."
-    batch = tokenizer([source], return_tensors="pt")
-    start = time.perf_counter()
-    output = model.generate(**batch, num_beams=4, max_new_tokens=20)
-    seconds = time.perf_counter() - start
-    print(f"source:      {source}")
-    print(f"translation: {tokenizer.decode(output[0], skip_special_tokens=True)!r}")
-    print(f"(untrained weights, so the translation is noise; beam 4 took {seconds * 1000:.0f} ms)")
+    recipe = load_recipe(args.recipe, (QUICK if args.quick else []) + args.set)
+    if args.quick:
+        recipe.output_dir = str(recipe.run_dir) + "-quick"
+    print(f"recipe {args.recipe}{' (--quick smoke run)' if args.quick else ''}, run folder {recipe.run_dir}")
+    results = run(recipe)
+    test = results["test"]
+    d = recipe.data
+    pairs = Path(recipe.data_source(), f"{d.test}.{d.src}"), Path(recipe.data_source(), f"{d.test}.{d.tgt}")
+    sources, references = (path.read_text(encoding="utf-8").splitlines() for path in pairs)
+    hypotheses = (recipe.run_dir / f"{d.test}.hyp.{d.tgt}").read_text(encoding="utf-8").splitlines()
+    for i in range(0, min(len(hypotheses), 500), 100):
+        print(f"\n  source     {sources[i]}\n  reference  {references[i]}\n  ours       {hypotheses[i]}")
+    print(f"\n{results['parameters']:,} parameters, {results['steps']} updates in {results['train_seconds'] / 60:.1f} min")
+    print(f"{d.test} ({len(hypotheses)} sentences) sacreBLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}")
+    print(f"signature: {test['bleu_signature']}")
+    print(f"run folder: {recipe.run_dir} (model/, results.json, curves.png, log.csv)")
 
 
 def convert_marian(args: argparse.Namespace) -> None:
@@ -61,31 +61,77 @@ def convert_marian(args: argparse.Namespace) -> None:
           f"activation {model.config.activation_function}, tokenizer copied as it is")
 
 
+def train(args: argparse.Namespace) -> None:
+    """Train from a recipe (configs/*.yaml), evaluate on its test split, and write the run folder."""
+    import transformers
+
+    from .training.recipe import load_recipe
+    from .training.run import train as run
+
+    transformers.logging.set_verbosity_info() if args.verbose else transformers.logging.set_verbosity_warning()
+    recipe = load_recipe(args.recipe, args.set)
+    if args.output_dir:
+        recipe.output_dir = args.output_dir
+    results = run(recipe, resume=args.resume)
+    test = results.get("test")
+    print(json.dumps({k: v for k, v in results.items() if k != "validation_bleu"}, indent=2))
+    if test:
+        print(f"{test['split']} sacreBLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  ({test['bleu_signature']})")
+
+
+def average(args: argparse.Namespace) -> None:
+    """Average the weights of several checkpoints into one model folder."""
+    from .training.average import average_checkpoints, last_checkpoints
+
+    checkpoints = args.checkpoints
+    if args.last:
+        if len(checkpoints) != 1:
+            raise SystemExit("--last N takes one run folder")
+        checkpoints = last_checkpoints(checkpoints[0], args.last)
+    average_checkpoints(checkpoints, args.out)
+    print(f"averaged {len(checkpoints)} checkpoints into {args.out}: {', '.join(str(c) for c in checkpoints)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vanilla-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("demo", help="smoke run: tokenizer, preset model, one beam-search translation")
-    run.add_argument("--data", default=DEFAULT_DATA, help="folder holding multi30k/ (default: %(default)s)")
-    run.add_argument("--preset", default="small", choices=["tiny", "small", "base", "big"])
-    run.add_argument("--vocab-size", type=int, default=10000)
+    run = commands.add_parser("demo", help="train Multi30k de->en on this machine, score test2016, show translations")
+    run.add_argument("--recipe", default="configs/multi30k-de-en-small.yaml")
+    run.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     run.set_defaults(func=demo)
 
     tokenizer = commands.add_parser("tokenizer", help="subword vocabulary")
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
-    train = tokenizer_commands.add_parser("train", help="train a joint vocabulary over several languages")
-    train.add_argument("--data", required=True, help="folder with SPLIT.LANG files, one sentence per line")
-    train.add_argument("--langs", nargs="+", required=True, help="languages, e.g. de en")
-    train.add_argument("--split", default="train")
-    train.add_argument("--vocab-size", type=int, default=37000)
-    train.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
-    train.add_argument("--out", required=True, help="folder to save the tokenizer in")
-    train.set_defaults(func=tokenizer_train)
+    tokenizer_train_parser = tokenizer_commands.add_parser("train", help="train a joint vocabulary over several languages")
+    tokenizer_train_parser.add_argument("--data", required=True, help="folder with SPLIT.LANG files, one sentence per line")
+    tokenizer_train_parser.add_argument("--langs", nargs="+", required=True, help="languages, e.g. de en")
+    tokenizer_train_parser.add_argument("--split", default="train")
+    tokenizer_train_parser.add_argument("--vocab-size", type=int, default=37000)
+    tokenizer_train_parser.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
+    tokenizer_train_parser.add_argument("--out", required=True, help="folder to save the tokenizer in")
+    tokenizer_train_parser.set_defaults(func=tokenizer_train)
 
     convert = commands.add_parser("convert-marian", help="load a MarianMT/OPUS-MT checkpoint into our model")
     convert.add_argument("source", help="a Marian model folder or Hub repo id, e.g. Helsinki-NLP/opus-mt-de-en")
     convert.add_argument("out", help="folder to write the converted model and tokenizer to")
     convert.set_defaults(func=convert_marian)
+
+    training = commands.add_parser("train", help="train from a recipe YAML (see configs/)")
+    training.add_argument("recipe", help="a recipe file, e.g. configs/multi30k-de-en-small.yaml")
+    training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe value, e.g. --set training.max_steps=100 (repeatable)")
+    training.add_argument("--output-dir", help="run folder (default runs/RECIPE_NAME)")
+    training.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    training.add_argument("--verbose", action="store_true")
+    training.set_defaults(func=train)
+
+    averaging = commands.add_parser("average", help="average checkpoints' weights (the paper's last-N averaging)")
+    averaging.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one run folder with --last N")
+    averaging.add_argument("--last", type=int, help="average the last N checkpoint-* folders of the run folder")
+    averaging.add_argument("--out", required=True)
+    averaging.set_defaults(func=average)
 
     args = parser.parse_args(argv)
     args.func(args)

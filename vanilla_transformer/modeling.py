@@ -488,6 +488,10 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
     """The encoder-decoder with the linear + softmax output layer, label-smoothed loss and generate()."""
 
+    # Trainer passes num_items_in_batch (target tokens in the whole accumulated update), so that batches of
+    # different sizes are weighted by their tokens, as fairseq does.
+    accepts_loss_kwargs = True
+
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
         self.model = VanillaTransformerModel(config)
@@ -549,6 +553,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         output_hidden_states=None,
         return_dict=None,
         past_key_values=None,
+        num_items_in_batch=None,
         **kwargs,
     ) -> Seq2SeqLMOutput:
         if labels is not None:
@@ -578,8 +583,10 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             # Label smoothing of value 0.1: "This hurts perplexity ... but improves accuracy and BLEU" (Section 5.4).
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                label_smoothing=self.config.label_smoothing,
+                label_smoothing=self.config.label_smoothing, reduction="sum" if num_items_in_batch else "mean",
             )
+            if num_items_in_batch:
+                loss = loss / num_items_in_batch
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -1,0 +1,1 @@
+"""Training on parallel data with the paper's recipe, on transformers' Seq2SeqTrainer."""

@@ -1,0 +1,132 @@
+"""Parallel data as a `datasets.DatasetDict` in the WMT schema: {"translation": {"de": ..., "en": ...}}.
+
+Sources: a Hub dataset (`wmt/wmt14` with config `de-en`), or a local folder of line-aligned text files
+(`SPLIT.LANG`), JSON lines (`SPLIT.jsonl`) or parquet (`SPLIT.parquet`) files with a `translation` column.
+"""
+
+import logging
+from pathlib import Path
+
+import datasets
+
+from ..corpus import CorpusError, read_lines
+
+logger = logging.getLogger(__name__)
+
+
+def load_parallel(source: str | Path, langs: tuple[str, str], hub_config: str | None = None,
+                  splits: list[str] | None = None, drop_empty: bool = False) -> datasets.DatasetDict:
+    """The splits of a parallel corpus, from a local folder or, when `source` is not a folder, from the Hub."""
+    path = Path(source)
+    if not path.is_dir():
+        loaded = datasets.load_dataset(str(source), hub_config)
+        return datasets.DatasetDict({name: loaded[name] for name in (splits or loaded)})
+    splits = splits or sorted(find_splits(path, langs))
+    if not splits:
+        raise CorpusError(f"{path}: no SPLIT.{langs[0]}/SPLIT.{langs[1]}, .jsonl or .parquet files")
+    return datasets.DatasetDict({split: load_split(path, split, langs, drop_empty) for split in splits})
+
+
+def find_splits(folder: Path, langs: tuple[str, str]) -> set[str]:
+    """Split names that have files for both languages, or a .jsonl/.parquet file."""
+    text = {p.name[: -len(langs[0]) - 1] for p in folder.glob(f"*.{langs[0]}")}
+    text &= {p.name[: -len(langs[1]) - 1] for p in folder.glob(f"*.{langs[1]}")}
+    tables = {p.stem for p in folder.glob("*.jsonl")} | {p.stem for p in folder.glob("*.parquet")}
+    return text | tables
+
+
+def load_split(folder: Path, split: str, langs: tuple[str, str], drop_empty: bool = False) -> datasets.Dataset:
+    """One split; text files are checked line by line, and tables must carry both languages."""
+    for suffix, builder in (("jsonl", "json"), ("parquet", "parquet")):
+        table = folder / f"{split}.{suffix}"
+        if table.is_file():
+            dataset = datasets.load_dataset(builder, data_files=str(table), split="train")
+            check_table(dataset, table, langs)
+            return dataset
+    src_path, tgt_path = (folder / f"{split}.{lang}" for lang in langs)
+    for lang, file in zip(langs, (src_path, tgt_path)):
+        if not file.is_file():
+            raise CorpusError(f"{file}: no such file (language {lang!r} is missing for split {split!r})")
+    # Generated through the datasets cache, keyed by the files' size and time, so that tokenising it is cached too.
+    version = ";".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (src_path, tgt_path))
+    try:
+        return datasets.Dataset.from_generator(text_pairs, gen_kwargs=dict(
+            src_path=str(src_path), tgt_path=str(tgt_path), src=langs[0], tgt=langs[1], drop_empty=drop_empty,
+            version=version,
+        ))
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, CorpusError):
+            raise error.__cause__ from None
+        raise
+
+
+def text_pairs(src_path, tgt_path, src, tgt, drop_empty, version):
+    """Aligned pairs from two text files; mismatched counts and empty lines are errors naming file and line."""
+    langs = (src, tgt)
+    src, tgt = read_lines(src_path, allow_empty_lines=True), read_lines(tgt_path, allow_empty_lines=True)
+    if len(src) != len(tgt):
+        raise CorpusError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: the files are not aligned")
+    dropped = 0
+    for number, (s, t) in enumerate(zip(src, tgt), start=1):
+        for path, text in ((src_path, s), (tgt_path, t)):
+            if not text.strip() and not drop_empty:
+                raise CorpusError(f"{path}:{number}: empty line (its translation is not; pass drop_empty to skip)")
+        if not s.strip() or not t.strip():
+            dropped += 1
+            continue
+        yield {"translation": {langs[0]: s, langs[1]: t}}
+    if dropped:
+        logger.info("%s: dropped %d pairs with an empty side", src_path, dropped)
+
+
+def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str]) -> None:
+    if "translation" not in dataset.column_names:
+        raise CorpusError(f"{path}: no 'translation' column (columns: {dataset.column_names})")
+    for number, row in enumerate(dataset["translation"], start=1):
+        for lang in langs:
+            if not isinstance(row, dict) or lang not in row:
+                raise CorpusError(f"{path}:{number}: no {lang!r} in the translation")
+
+
+def clean(dataset: datasets.Dataset, langs: tuple[str, str], tokenizer, max_length: int | None = None,
+          max_ratio: float | None = None) -> tuple[datasets.Dataset, dict[str, int]]:
+    """Drop pairs longer than max_length subwords on either side or with a length ratio above max_ratio.
+
+    Returns the kept pairs and the counts of what was dropped, as standard MT cleaning scripts report.
+    """
+    src, tgt = langs
+
+    def lengths(batch):
+        pairs = batch["translation"]
+        return {
+            "src_len": [len(ids) for ids in tokenizer([p[src] for p in pairs])["input_ids"]],
+            "tgt_len": [len(ids) for ids in tokenizer([p[tgt] for p in pairs])["input_ids"]],
+        }
+
+    measured = dataset.map(lengths, batched=True, desc="measuring lengths")
+    counts = {"kept": 0, "too_long": 0, "bad_ratio": 0}
+    keep = []
+    for i, (s, t) in enumerate(zip(measured["src_len"], measured["tgt_len"])):
+        if max_length is not None and max(s, t) > max_length:
+            counts["too_long"] += 1
+        elif max_ratio is not None and max(s, t) > max_ratio * min(s, t):
+            counts["bad_ratio"] += 1
+        else:
+            keep.append(i)
+    counts["kept"] = len(keep)
+    logger.info("cleaning: kept %(kept)d pairs, dropped %(too_long)d too long and %(bad_ratio)d by length ratio",
+                counts)
+    return dataset.select(keep), counts
+
+
+def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None
+             ) -> datasets.Dataset:
+    """input_ids / attention_mask / labels for every pair, through Dataset.map (cached by the datasets library)."""
+    src, tgt = langs
+
+    def encode(batch):
+        pairs = batch["translation"]
+        return tokenizer([p[src] for p in pairs], text_target=[p[tgt] for p in pairs])
+
+    return dataset.map(encode, batched=True, num_proc=num_proc, remove_columns=dataset.column_names,
+                       desc=f"tokenizing {src}->{tgt}")

@@ -1,0 +1,174 @@
+"""One training run from a recipe: data, tokenizer, model, Seq2SeqTrainer, test BLEU, and the run folder."""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+
+from ..configuration import VanillaTransformerConfig
+from ..evaluation import load_bleu, score, translate
+from ..modeling import VanillaTransformerForConditionalGeneration
+from ..tokenization import train_tokenizer
+from .average import average_checkpoints, last_checkpoints
+from .data import clean, load_parallel, tokenize
+from .plots import plot_curves
+from .recipe import Recipe
+from .trainer import TranslationTrainer, bleu_metric_fn
+
+logger = logging.getLogger(__name__)
+
+
+def bf16_available() -> bool:
+    """bf16 where the hardware computes it natively: a GPU that supports it, or a CPU with AVX-512 BF16/AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments:
+    t, g = recipe.training, recipe.generation
+    precision = t.precision if t.precision != "auto" else ("bf16" if bf16_available() else "fp32")
+    return Seq2SeqTrainingArguments(
+        output_dir=str(recipe.run_dir),
+        per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (max_tokens)
+        per_device_eval_batch_size=g.eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.lr_scale * d_model**-0.5,
+        adam_beta1=0.9,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        weight_decay=0.0,
+        max_grad_norm=t.max_grad_norm,  # 0 disables clipping
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        seed=t.seed,
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        fp16=precision == "fp16",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        metric_for_best_model="bleu",
+        greater_is_better=True,
+        predict_with_generate=True,
+        generation_num_beams=g.num_beams,
+        remove_unused_columns=not t.log_batches,
+        report_to=[],
+        disable_tqdm=False,
+    )
+
+
+def prepare_tokenizer(recipe: Recipe, train_pairs, resume: bool):
+    """The run's tokenizer: the recipe's, the one saved by the run being resumed, or a new one."""
+    saved = recipe.run_dir / "tokenizer"
+    if recipe.tokenizer.path:
+        return AutoTokenizer.from_pretrained(recipe.tokenizer.path)
+    if resume and (saved / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(saved)
+    texts = [pair[lang] for pair in train_pairs["translation"] for lang in (recipe.data.src, recipe.data.tgt)]
+    tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
+    tokenizer.save_pretrained(saved)
+    return tokenizer
+
+
+def train(recipe: Recipe, resume: bool = False) -> dict:
+    """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png."""
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
+    transformers.set_seed(recipe.training.seed)
+    started = time.perf_counter()
+
+    d = recipe.data
+    langs = (d.src, d.tgt)
+    splits = [s for s in (d.train, d.validation, d.test) if s]
+    raw = load_parallel(recipe.data_source(), langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
+    tokenizer = prepare_tokenizer(recipe, raw[d.train], resume)
+    train_pairs, cleaning = clean(raw[d.train], langs, tokenizer, d.max_length, d.max_ratio)
+    train_set = tokenize(train_pairs, tokenizer, langs, d.num_proc)
+    if recipe.training.log_batches:
+        train_set = train_set.add_column("idx", list(range(len(train_set))))
+    validation_pairs = raw[d.validation]
+    if d.validation_size:
+        validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
+    validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc)
+
+    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset, **recipe.model.overrides)
+    model = VanillaTransformerForConditionalGeneration(config)
+    g = recipe.generation
+    model.generation_config.update(num_beams=g.num_beams, length_penalty=g.length_penalty,
+                                   max_length_offset=g.max_length_offset)
+    args = training_arguments(recipe, config.d_model)
+    trainer = TranslationTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+        compute_metrics=bleu_metric_fn(tokenizer, load_bleu()),
+        max_tokens=recipe.training.max_tokens,
+        warmup_steps=recipe.training.warmup_steps,
+        batch_log=run_dir if recipe.training.log_batches else None,
+    )
+    logger.info("%d training pairs in %d batches of <= %d tokens, padding %.1f%%", len(train_set),
+                len(trainer.get_train_dataloader()), recipe.training.max_tokens,
+                100 * trainer.batch_sampler.padding_fraction())
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    train_seconds = time.perf_counter() - started
+
+    final_dir = run_dir / "model"
+    if recipe.average_last > 1 and len(last_checkpoints(run_dir, recipe.average_last)) > 1:
+        checkpoints = last_checkpoints(run_dir, recipe.average_last)
+        model = average_checkpoints(checkpoints, final_dir)
+        averaged = [p.name for p in checkpoints]
+    else:
+        trainer.save_model(final_dir)
+        averaged = []
+    tokenizer.save_pretrained(final_dir)
+
+    results = {
+        "recipe": recipe.name,
+        "direction": f"{d.src}-{d.tgt}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_pairs": len(train_set),
+        "cleaning": cleaning,
+        "padding_fraction": round(trainer.batch_sampler.padding_fraction(), 4),
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 1),
+        "averaged_checkpoints": averaged,
+        "validation_bleu": [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
+                            if "eval_bleu" in e],
+        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}",
+    }
+    if d.test:
+        test = raw[d.test]
+        if d.test_size:
+            test = test.select(range(min(d.test_size, len(test))))
+        sources = [p[d.src] for p in test["translation"]]
+        references = [p[d.tgt] for p in test["translation"]]
+        hypotheses = translate(model, tokenizer, sources, batch_size=g.eval_batch_size, num_beams=g.num_beams,
+                               length_penalty=g.length_penalty)
+        (run_dir / f"{d.test}.hyp.{d.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+        results["test"] = {"split": d.test, "num_beams": g.num_beams, "length_penalty": g.length_penalty,
+                           **score(hypotheses, references)}
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_log_csv(trainer.state.log_history, run_dir / "log.csv")
+    plot_curves(trainer.state.log_history, run_dir / "curves.png", title=f"{recipe.name} ({d.src}->{d.tgt})")
+    return results
+
+
+def write_log_csv(log_history: list[dict], path: Path) -> None:
+    columns = ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "padding_fraction",
+               "eval_loss", "eval_bleu", "eval_chrf"]
+    lines = [",".join(columns)]
+    for entry in log_history:
+        lines.append(",".join(str(entry.get(c, "")) for c in columns))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
