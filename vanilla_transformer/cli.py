@@ -92,6 +92,85 @@ def average(args: argparse.Namespace) -> None:
     print(f"averaged {len(checkpoints)} checkpoints into {args.out}: {', '.join(str(c) for c in checkpoints)}")
 
 
+def load_model(folder: str):
+    """A model folder written by this package (or any folder of a transformers seq2seq model) and its tokenizer."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from . import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
+
+    return AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    """Translate a test set and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
+    from .corpus import read_lines
+    from .evaluation import score, translate
+
+    model, tokenizer = load_model(args.model)
+    data = Path(args.data)
+    sources = read_lines(data / f"{args.split}.{args.src}")
+    references = read_lines(data / f"{args.split}.{args.tgt}")
+    if len(sources) != len(references):
+        raise SystemExit(f"{args.split}.{args.src} has {len(sources)} lines, {args.split}.{args.tgt} {len(references)}")
+    start = time.perf_counter()
+    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, num_beams=args.num_beams,
+                           length_penalty=args.length_penalty)
+    seconds = time.perf_counter() - start
+    report = {"model": args.model, "data": str(data), "split": args.split, "direction": f"{args.src}-{args.tgt}",
+              "sentences": len(sources), "num_beams": args.num_beams, "length_penalty": args.length_penalty,
+              **score(hypotheses, references), "seconds": round(seconds, 1),
+              "sentences_per_s": round(len(sources) / seconds, 1)}
+    out = Path(args.out or Path(args.model) / f"eval-{args.split}.{args.src}-{args.tgt}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.split}.hyp.{args.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"{args.split} {args.src}->{args.tgt}: sacreBLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  "
+          f"({len(sources)} sentences, {report['sentences_per_s']} sentences/s)")
+    print(f"BLEU signature: {report['bleu_signature']}")
+    print(f"chrF signature: {report['chrf_signature']}")
+    print(f"hypotheses and report.json in {out}")
+
+
+def translate_command(args: argparse.Namespace) -> None:
+    """Translate the given sentences, or standard input line by line, in batches."""
+    import sys
+
+    from .evaluation import translate
+
+    model, tokenizer = load_model(args.model)
+    settings = dict(batch_size=args.batch_size, num_beams=args.num_beams, progress=False)
+    if args.text:
+        for line in translate(model, tokenizer, args.text, **settings):
+            print(line)
+        return
+    batch = []
+    for line in sys.stdin:
+        batch.append(line.rstrip("\n"))
+        if len(batch) == args.batch_size:
+            print("\n".join(translate(model, tokenizer, batch, **settings)), flush=True)
+            batch = []
+    if batch:
+        print("\n".join(translate(model, tokenizer, batch, **settings)), flush=True)
+
+
+def show_attention(args: argparse.Namespace) -> None:
+    """A PNG heatmap of the encoder-decoder attention of one sentence's translation."""
+    from .visualize import plot_attention
+
+    model, tokenizer = load_model(args.model)
+    translation = plot_attention(model, tokenizer, args.sentence, args.out, args.layer, args.head,
+                                 num_beams=args.num_beams)
+    print(f"translation: {translation}\nattention heatmap: {args.out}")
+
+
+def show_positional_encoding(args: argparse.Namespace) -> None:
+    """A PNG of the sinusoidal positional encodings (Section 3.5)."""
+    from .visualize import plot_positional_encoding
+
+    plot_positional_encoding(args.out, args.positions, args.d_model, args.layout)
+    print(f"positional encodings: {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vanilla-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +211,41 @@ def main(argv: list[str] | None = None) -> None:
     averaging.add_argument("--last", type=int, help="average the last N checkpoint-* folders of the run folder")
     averaging.add_argument("--out", required=True)
     averaging.set_defaults(func=average)
+
+    evaluating = commands.add_parser("evaluate", help="translate a test set and report sacreBLEU and chrF")
+    evaluating.add_argument("model", help="a model folder (with its tokenizer)")
+    evaluating.add_argument("--data", required=True, help="folder with SPLIT.SRC and SPLIT.TGT")
+    evaluating.add_argument("--split", default="test2016")
+    evaluating.add_argument("--src", default="de")
+    evaluating.add_argument("--tgt", default="en")
+    evaluating.add_argument("--num-beams", type=int, default=4)
+    evaluating.add_argument("--length-penalty", type=float, default=0.6)
+    evaluating.add_argument("--batch-size", type=int, default=64)
+    evaluating.add_argument("--out", help="folder for hypotheses and report.json (default MODEL/eval-SPLIT.SRC-TGT)")
+    evaluating.set_defaults(func=evaluate_command)
+
+    translating = commands.add_parser("translate", help="translate sentences given as arguments or on stdin")
+    translating.add_argument("model")
+    translating.add_argument("text", nargs="*", help="sentences; none: read standard input line by line")
+    translating.add_argument("--num-beams", type=int, default=4)
+    translating.add_argument("--batch-size", type=int, default=32)
+    translating.set_defaults(func=translate_command)
+
+    attention = commands.add_parser("show-attention", help="PNG heatmap of a translation's cross-attention")
+    attention.add_argument("model")
+    attention.add_argument("sentence")
+    attention.add_argument("--out", default="attention.png")
+    attention.add_argument("--layer", type=int, help="one decoder layer (default: mean of all)")
+    attention.add_argument("--head", type=int, help="one head (default: mean of all)")
+    attention.add_argument("--num-beams", type=int, default=4)
+    attention.set_defaults(func=show_attention)
+
+    positional = commands.add_parser("show-positional-encoding", help="PNG of the sinusoidal positional table")
+    positional.add_argument("--out", default="positional_encoding.png")
+    positional.add_argument("--positions", type=int, default=100)
+    positional.add_argument("--d-model", type=int, default=512)
+    positional.add_argument("--layout", default="interleaved", choices=["interleaved", "split"])
+    positional.set_defaults(func=show_positional_encoding)
 
     args = parser.parse_args(argv)
     args.func(args)

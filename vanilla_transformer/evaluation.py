@@ -23,7 +23,9 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, prog
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc="translating", disable=not progress, unit="batch"):
         indices = order[start : start + batch_size]
-        batch = tokenizer([sentences[i] for i in indices], return_tensors="pt", padding=True).to(model.device)
+        # Inputs beyond the model's positional range are truncated (keeping </s>) rather than refused.
+        batch = tokenizer([sentences[i] for i in indices], return_tensors="pt", padding=True, truncation=True,
+                          max_length=model.config.max_position_embeddings).to(model.device)
         output = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True)):
             translations[i] = text

@@ -603,14 +603,15 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """generate(), where the output length defaults to the paper's "input length + 50" (Section 6.1).
 
-        The offset comes from generation_config.max_length_offset; max_length or max_new_tokens override it.
+        The offset comes from generation_config.max_length_offset, capped at max_position_embeddings; max_length or
+        max_new_tokens override it.
         """
         config = generation_config if generation_config is not None else self.generation_config
         offset = getattr(config, "max_length_offset", None)
         source = inputs if inputs is not None else kwargs.get("input_ids")
         explicit = ("max_length", "max_new_tokens")
         if offset is not None and source is not None and not any(kwargs.get(k) is not None for k in explicit):
-            kwargs["max_length"] = source.shape[1] + offset
+            kwargs["max_length"] = min(source.shape[1] + offset, self.config.max_position_embeddings)
         return super().generate(inputs, generation_config=generation_config, **kwargs)
 
 

@@ -119,14 +119,18 @@ def clean(dataset: datasets.Dataset, langs: tuple[str, str], tokenizer, max_leng
     return dataset.select(keep), counts
 
 
-def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None
-             ) -> datasets.Dataset:
-    """input_ids / attention_mask / labels for every pair, through Dataset.map (cached by the datasets library)."""
+def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
+             max_length: int | None = None) -> datasets.Dataset:
+    """input_ids / attention_mask / labels for every pair, through Dataset.map (cached by the datasets library).
+
+    With max_length, longer sequences are truncated (keeping </s>), e.g. to the model's positional range.
+    """
     src, tgt = langs
 
     def encode(batch):
         pairs = batch["translation"]
-        return tokenizer([p[src] for p in pairs], text_target=[p[tgt] for p in pairs])
+        return tokenizer([p[src] for p in pairs], text_target=[p[tgt] for p in pairs], max_length=max_length,
+                         truncation=max_length is not None)
 
     return dataset.map(encode, batched=True, num_proc=num_proc, remove_columns=dataset.column_names,
                        desc=f"tokenizing {src}->{tgt}")

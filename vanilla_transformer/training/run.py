@@ -98,9 +98,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     validation_pairs = raw[d.validation]
     if d.validation_size:
         validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
-    validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc)
-
     config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset, **recipe.model.overrides)
+    validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, config.max_position_embeddings)
     model = VanillaTransformerForConditionalGeneration(config)
     g = recipe.generation
     model.generation_config.update(num_beams=g.num_beams, length_penalty=g.length_penalty,

@@ -1,0 +1,274 @@
+"""Training: data loading errors, token batches, the schedule, averaging, runs, resume, and two processes."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vanilla_transformer.corpus import CorpusError
+from vanilla_transformer.training.average import average_checkpoints
+from vanilla_transformer.training.batching import TokenBatchSampler
+from vanilla_transformer.training.data import load_parallel
+from vanilla_transformer.training.recipe import load_recipe
+from vanilla_transformer.training.run import train
+from vanilla_transformer.training.schedule import noam_lr, noam_scheduler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_pairs(folder: Path, split: str, de: list[str], en: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{split}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
+    (folder / f"{split}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(data_dir, tmp_path_factory) -> Path:
+    """500 training pairs of Multi30k, and 40 each for validation and test, in a temporary folder."""
+    folder = tmp_path_factory.mktemp("multi30k-500")
+    for split, source, count in (("train", "train", 500), ("val", "val", 40), ("test2016", "test2016", 40)):
+        de = (data_dir / f"multi30k/{source}.de").read_text(encoding="utf-8").splitlines()[:count]
+        en = (data_dir / f"multi30k/{source}.en").read_text(encoding="utf-8").splitlines()[:count]
+        write_pairs(folder, split, de, en)
+    return folder
+
+
+def tiny_recipe(corpus: Path, out: Path, *extra: str):
+    """The Multi30k recipe shrunk to seconds: tiny model, small vocabulary, few steps."""
+    overrides = [
+        f"data.source={corpus}", f"output_dir={out}", "tokenizer.vocab_size=400", "model.preset=tiny",
+        "model.overrides={dropout: 0.1}", "training.max_tokens=600", "training.warmup_steps=20",
+        "training.lr_scale=2.0", "training.max_steps=40", "training.logging_steps=5", "training.eval_steps=20",
+        "training.save_steps=20", "training.precision=fp32", "generation.num_beams=2", "average_last=0",
+        "data.validation_size=null", *extra,
+    ]
+    return load_recipe(REPO / "configs/multi30k-de-en-small.yaml", overrides)
+
+
+def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
+    results = train(tiny_recipe(small_corpus, tmp_path / "run", "average_last=2"))
+    lines = (tmp_path / "run/log.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    losses = [float(row.split(",")[header.index("loss")]) for row in lines[1:] if row.split(",")[header.index("loss")]]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert (tmp_path / "run/checkpoint-40").is_dir() and (tmp_path / "run/model/model.safetensors").is_file()
+    assert (tmp_path / "run/curves.png").stat().st_size > 10_000
+    assert results["averaged_checkpoints"] == ["checkpoint-20", "checkpoint-40"]
+    assert 0 <= results["test"]["bleu"] <= 100 and results["test"]["bleu_signature"].startswith("nrefs:1|case:mixed")
+    assert [e["step"] for e in results["validation_bleu"]] == [20, 40]
+    saved = json.loads((tmp_path / "run/results.json").read_text())
+    assert saved["test"] == results["test"]
+    assert len((tmp_path / "run/test2016.hyp.en").read_text().splitlines()) == 40
+
+
+def test_resumed_run_equals_an_uninterrupted_one(small_corpus, tmp_path):
+    common = ("training.log_batches=true", "training.eval_steps=1000", "data.test=null")
+    train(tiny_recipe(small_corpus, tmp_path / "straight", *common))
+    # Stop after 20 updates (the checkpoint is written), then resume to 40 in a new call.
+    train(tiny_recipe(small_corpus, tmp_path / "resumed", *common, "training.max_steps=20"))
+    train(tiny_recipe(small_corpus, tmp_path / "resumed", *common), resume=True)
+
+    straight = load_file(tmp_path / "straight/checkpoint-40/model.safetensors")
+    resumed = load_file(tmp_path / "resumed/checkpoint-40/model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0)
+
+    def batches(run):
+        return (tmp_path / run / "batches-rank0.jsonl").read_text().splitlines()
+
+    # The data order continues where it stopped rather than starting the epoch again.
+    assert batches("resumed") == batches("straight")
+    assert len(batches("straight")) == 40
+
+
+def test_two_processes_see_disjoint_batches(small_corpus, tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vanilla_transformer.cli", "train",
+        str(REPO / "configs/multi30k-de-en-small.yaml"),
+    ]
+    for override in (f"data.source={small_corpus}", "tokenizer.vocab_size=400", "model.preset=tiny",
+                     "training.max_tokens=600", "training.max_steps=12", "training.logging_steps=4",
+                     "training.eval_steps=1000", "training.save_steps=12", "training.precision=fp32",
+                     "training.log_batches=true", "data.test=null", "average_last=0"):
+        command += ["--set", override]
+    command += ["--output-dir", str(tmp_path / "ddp")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [[json.loads(line) for line in (tmp_path / f"ddp/batches-rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 12
+    seen = [{i for batch in rank for i in batch} for rank in ranks]
+    assert not seen[0] & seen[1]
+    assert (tmp_path / "ddp/model/model.safetensors").is_file()
+
+
+def test_schedule_is_the_papers_formula():
+    d_model, warmup = 512, 4000
+    for step in (1, warmup, 10 * warmup):
+        expected = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert noam_lr(step, d_model, warmup) == pytest.approx(expected)
+    assert noam_lr(warmup, d_model, warmup) == pytest.approx(512**-0.5 * 4000**-0.5)  # the peak
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=d_model**-0.5)
+    scheduler = noam_scheduler(optimizer, warmup)
+    for step in range(1, 10 * warmup + 1):
+        if step in (1, warmup, 10 * warmup):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(noam_lr(step, d_model, warmup))
+        optimizer.step()
+        scheduler.step()
+
+
+def test_token_batches_respect_the_budget_and_cover_every_example_once():
+    generator = torch.Generator().manual_seed(0)
+    src = torch.randint(1, 60, (1000,), generator=generator).tolist()
+    tgt = torch.randint(1, 60, (1000,), generator=generator).tolist()
+    sampler = TokenBatchSampler(src, tgt, max_tokens=300, seed=3)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        for batch in batches:
+            assert len(batch) * max(max(src[i], tgt[i]) for i in batch) <= 300
+    sampler.set_epoch(0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first, "an epoch's order must be reproducible"
+    assert list(TokenBatchSampler(src, tgt, max_tokens=300, seed=3)) == first
+    assert 0 < sampler.padding_fraction() < 0.5
+    with pytest.raises(ValueError, match="example 0 has 500 tokens, more than max_tokens=300"):
+        TokenBatchSampler([500, 3], [4, 3], max_tokens=300)
+
+
+def test_averaging_two_checkpoints_is_the_elementwise_mean(tmp_path):
+    from conftest import tiny_model
+
+    first, second = tiny_model(seed=1), tiny_model(seed=2)
+    first.save_pretrained(tmp_path / "a")
+    second.save_pretrained(tmp_path / "b")
+    averaged = average_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "mean")
+    for (name, a), b, m in zip(first.state_dict().items(), second.state_dict().values(),
+                               averaged.state_dict().values()):
+        torch.testing.assert_close(m, (a + b) / 2, msg=name)
+    reloaded = load_file(tmp_path / "mean/model.safetensors")
+    torch.testing.assert_close(reloaded["lm_head.weight"] if "lm_head.weight" in reloaded else
+                               reloaded["model.shared.weight"],
+                               (first.model.shared.weight + second.model.shared.weight) / 2)
+
+
+def test_loss_is_normalised_by_the_tokens_of_the_whole_update():
+    from conftest import random_batch, tiny_model
+
+    model = tiny_model(label_smoothing=0.1)
+    src, labels = random_batch(2, 5), random_batch(2, 4, seed=1)
+    labels[1, 2:] = -100
+    mean = model(input_ids=src, labels=labels).loss
+    total = model(input_ids=src, labels=labels, num_items_in_batch=torch.tensor(12)).loss
+    torch.testing.assert_close(total, mean * 6 / 12)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"train.de": "a\nb\nc\n", "train.en": "a\nb\n"}, r"train.de has 3 lines but .*train.en has 2"),
+        ({"train.de": "a\n\nc\n", "train.en": "a\nb\nc\n"}, r"train.de:2: empty line"),
+        ({"train.de": b"a\nb\xfc\n", "train.en": "a\nb\n"}, r"train.de:2: not valid UTF-8"),
+        ({"train.de": "a\n", "train.fr": "a\n"}, r"no SPLIT.de/SPLIT.en"),
+        ({"train.jsonl": '{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "c"}}\n'},
+         r"train.jsonl:2: no 'en' in the translation"),
+    ],
+)
+def test_data_errors_name_the_file_and_line(tmp_path, files, message):
+    for name, content in files.items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(CorpusError, match=message):
+        load_parallel(tmp_path, ("de", "en"), splits=None)
+
+
+def test_missing_language_file_is_named(tmp_path):
+    write_pairs(tmp_path, "train", ["a"], ["b"])
+    (tmp_path / "train.en").unlink()
+    with pytest.raises(CorpusError, match=r"train.en: no such file \(language 'en' is missing"):
+        load_parallel(tmp_path, ("de", "en"), splits=["train"])
+
+
+def test_local_parquet_in_the_hub_schema_loads_like_a_hub_dataset(tmp_path):
+    import datasets
+
+    rows = {"translation": [{"de": "Ein Hund.", "en": "A dog."}, {"de": "Zwei Katzen.", "en": "Two cats."}]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "train.parquet"))
+    loaded = load_parallel(tmp_path, ("de", "en"))
+    assert loaded["train"]["translation"] == rows["translation"]
+    # The Hub path: load_dataset on a dataset saved in the same schema (a local "repo" folder).
+    hub_like = tmp_path / "hub"
+    hub_like.mkdir()
+    datasets.Dataset.from_dict(rows).to_parquet(str(hub_like / "train.parquet"))
+    assert load_parallel(str(hub_like), ("de", "en"), splits=["train"])["train"].num_rows == 2
+
+
+def test_empty_pairs_are_dropped_when_asked(tmp_path):
+    write_pairs(tmp_path, "train", ["a", "", "c"], ["x", "y", "z"])
+    loaded = load_parallel(tmp_path, ("de", "en"), drop_empty=True)
+    assert [p["de"] for p in loaded["train"]["translation"]] == ["a", "c"]
+
+
+def test_recipe_overrides_and_unknown_keys(tmp_path):
+    recipe = load_recipe(REPO / "configs/multi30k-de-en-small.yaml", ["training.max_steps=7", "model.preset=tiny"])
+    assert recipe.training.max_steps == 7 and recipe.model.preset == "tiny" and recipe.data.src == "de"
+    with pytest.raises(ValueError, match=r"recipe.training: unknown key\(s\) \['max_stepz'\]"):
+        load_recipe(REPO / "configs/multi30k-de-en-small.yaml", ["training.max_stepz=7"])
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert load_recipe(path).name == path.stem
+    assert math.isclose(load_recipe(REPO / "configs/wmt14-en-de-base.yaml").training.max_tokens, 25000)
+
+
+def test_finetune_example_continues_training_through_remote_code(small_corpus, tmp_path):
+    from conftest import tiny_model
+
+    from vanilla_transformer import train_tokenizer
+
+    tokenizer = train_tokenizer([small_corpus / "train.de", small_corpus / "train.en"], vocab_size=400,
+                                show_progress=False)
+    model = tiny_model(vocab_size=len(tokenizer), max_position_embeddings=256)
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    for split, source in (("train", "train"), ("val", "val")):
+        de = (small_corpus / f"{source}.de").read_text(encoding="utf-8").splitlines()[:64]
+        en = (small_corpus / f"{source}.en").read_text(encoding="utf-8").splitlines()[:64]
+        rows = [json.dumps({"translation": {"de": d, "en": e}}, ensure_ascii=False) for d, e in zip(de, en)]
+        (tmp_path / f"{split}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    args = [
+        "--model_name_or_path", str(tmp_path / "saved"), "--train_file", str(tmp_path / "train.jsonl"),
+        "--validation_file", str(tmp_path / "val.jsonl"), "--output_dir", str(tmp_path / "finetuned"),
+        "--max_steps", "6", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+        "--learning_rate", "1e-3", "--predict_with_generate", "--generation_num_beams", "2",
+        "--generation_max_length", "40", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+    ]
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['finetune_translation.py'] + {args!r}\n"
+        f"runpy.run_path({str(REPO / 'examples/finetune_translation.py')!r}, run_name='__main__')\n"
+        "assert 'vanilla_transformer' not in sys.modules, 'the example must not need the package'\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "finetuned/all_results.json").read_text())
+    assert 0 <= metrics["eval_bleu"] <= 100 and metrics["train_loss"] > 0
+    before = load_file(tmp_path / "saved/model.safetensors")
+    after = load_file(tmp_path / "finetuned/model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
