@@ -73,6 +73,8 @@ def train(args: argparse.Namespace) -> None:
     if args.output_dir:
         recipe.output_dir = args.output_dir
     results = run(recipe, resume=args.resume)
+    if not results:
+        return  # not the main process of a distributed run
     test = results.get("test")
     print(json.dumps({k: v for k, v in results.items() if k != "validation_bleu"}, indent=2))
     if test:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from accelerate import PartialState
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
@@ -65,12 +66,12 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
     )
 
 
-def prepare_tokenizer(recipe: Recipe, train_pairs, resume: bool):
-    """The run's tokenizer: the recipe's, the one saved by the run being resumed, or a new one."""
+def prepare_tokenizer(recipe: Recipe, train_pairs, reuse_saved: bool):
+    """The run's tokenizer: the recipe's, the one this run saved already (resuming, or another process), or a new one."""
     saved = recipe.run_dir / "tokenizer"
     if recipe.tokenizer.path:
         return AutoTokenizer.from_pretrained(recipe.tokenizer.path)
-    if resume and (saved / "tokenizer.json").is_file():
+    if reuse_saved and (saved / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(saved)
     texts = [pair[lang] for pair in train_pairs["translation"] for lang in (recipe.data.src, recipe.data.tgt)]
     tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
@@ -89,17 +90,21 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     d = recipe.data
     langs = (d.src, d.tgt)
     splits = [s for s in (d.train, d.validation, d.test) if s]
-    raw = load_parallel(recipe.data_source(), langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
-    tokenizer = prepare_tokenizer(recipe, raw[d.train], resume)
-    train_pairs, cleaning = clean(raw[d.train], langs, tokenizer, d.max_length, d.max_ratio)
-    train_set = tokenize(train_pairs, tokenizer, langs, d.num_proc)
-    if recipe.training.log_batches:
-        train_set = train_set.add_column("idx", list(range(len(train_set))))
-    validation_pairs = raw[d.validation]
-    if d.validation_size:
-        validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
-    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset, **recipe.model.overrides)
-    validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, config.max_position_embeddings)
+    # Under accelerate launch, the main process prepares data and tokenizer first; the others reuse its work.
+    state = PartialState()
+    with state.main_process_first():
+        raw = load_parallel(recipe.data_source(), langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
+        tokenizer = prepare_tokenizer(recipe, raw[d.train], reuse_saved=resume or not state.is_main_process)
+        train_pairs, cleaning = clean(raw[d.train], langs, tokenizer, d.max_length, d.max_ratio)
+        train_set = tokenize(train_pairs, tokenizer, langs, d.num_proc)
+        if recipe.training.log_batches:
+            train_set = train_set.add_column("idx", list(range(len(train_set))))
+        validation_pairs = raw[d.validation]
+        if d.validation_size:
+            validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
+        config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset,
+                                                         **recipe.model.overrides)
+        validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, config.max_position_embeddings)
     model = VanillaTransformerForConditionalGeneration(config)
     g = recipe.generation
     model.generation_config.update(num_beams=g.num_beams, length_penalty=g.length_penalty,
@@ -122,6 +127,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
                 100 * trainer.batch_sampler.padding_fraction())
     trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():
+        return {}  # the run folder is the main process's to write
 
     final_dir = run_dir / "model"
     if recipe.average_last > 1 and len(last_checkpoints(run_dir, recipe.average_last)) > 1:
