@@ -1,0 +1,94 @@
+"""Token-bucketed batches vs Seq2SeqTrainer's default random batches, on Multi30k train, same model, same run.
+
+Reports the padding fraction over a whole epoch and the measured real (non-pad) target tokens/s of training steps
+(forward + backward + Adam) on the `small` model. The random batches have the token batches' mean size.
+Prints one JSON object. Usage: python benchmarks/bench_batching.py [--data ../shared/data] [--steps 20]
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from common import machine
+from torch.utils.data import BatchSampler, RandomSampler
+from transformers import DataCollatorForSeq2Seq
+
+from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer.tokenization import train_tokenizer
+from vanilla_transformer.training.batching import TokenBatchSampler
+from vanilla_transformer.training.data import load_parallel, tokenize
+
+
+def padding_fraction(batches, src_lengths, tgt_lengths) -> float:
+    real = padded = 0
+    for batch in batches:
+        src, tgt = [src_lengths[i] for i in batch], [tgt_lengths[i] for i in batch]
+        real += sum(src) + sum(tgt)
+        padded += len(batch) * (max(src) + max(tgt))
+    return 1 - real / padded
+
+
+def target_tokens_per_s(model, dataset, collator, batches, steps: int) -> float:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    tokens, seconds = 0, 0.0
+    for i, batch in enumerate(batches[: steps + 1]):
+        inputs = collator([dataset[j] for j in batch])
+        start = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:  # the first step warms up
+            seconds += time.perf_counter() - start
+            tokens += int((inputs["labels"] != -100).sum())
+    return tokens / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default=os.environ.get("VANILLA_TRANSFORMER_DATA", "../shared/data"))
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+
+    folder = Path(args.data) / "multi30k"
+    raw = load_parallel(folder, ("de", "en"), splits=["train"])["train"]
+    tokenizer = train_tokenizer([folder / "train.de", folder / "train.en"], vocab_size=8000, show_progress=False)
+    dataset = tokenize(raw, tokenizer, ("de", "en"))
+    src_lengths = [len(x) for x in dataset["input_ids"]]
+    tgt_lengths = [len(x) for x in dataset["labels"]]
+
+    token_sampler = TokenBatchSampler(src_lengths, tgt_lengths, max_tokens=args.max_tokens, seed=0)
+    token_batches = list(token_sampler)
+    mean_size = round(len(dataset) / len(token_batches))
+    generator = torch.Generator().manual_seed(0)
+    random_batches = list(BatchSampler(RandomSampler(range(len(dataset)), generator=generator), mean_size, False))
+
+    torch.manual_seed(0)
+    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset="small")
+    model = VanillaTransformerForConditionalGeneration(config)
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    token_speed = target_tokens_per_s(model, dataset, collator, token_batches, args.steps)
+    model.load_state_dict(initial)
+    random_speed = target_tokens_per_s(model, dataset, collator, random_batches, args.steps)
+    result = {
+        "sentences": len(dataset),
+        "batches_per_epoch": {"token_bucketed": len(token_batches), "random": len(random_batches)},
+        "mean_batch_size": mean_size,
+        "padding_fraction": {"token_bucketed": round(padding_fraction(token_batches, src_lengths, tgt_lengths), 4),
+                             "random": round(padding_fraction(random_batches, src_lengths, tgt_lengths), 4)},
+        "real_target_tokens_per_s": {"token_bucketed": round(token_speed), "random": round(random_speed)},
+        "ratio_tokens_per_s": round(token_speed / random_speed, 3),
+        "steps_measured": args.steps,
+        "machine": machine(),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
