@@ -299,3 +299,19 @@ def test_finetune_example_continues_training_through_remote_code(small_corpus, t
     before = load_file(tmp_path / "saved/model.safetensors")
     after = load_file(tmp_path / "finetuned/model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_tokenised_data_is_cached_across_runs(small_corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from vanilla_transformer import train_tokenizer
+    from vanilla_transformer.training.data import tokenize
+
+    train_tokenizer([small_corpus / "train.de", small_corpus / "train.en"], vocab_size=400,
+                    show_progress=False).save_pretrained(tmp_path / "tok")
+    files = []
+    for _ in range(2):  # two runs: the data and the tokenizer loaded anew each time
+        pairs = load_parallel(small_corpus, ("de", "en"), splits=["val"])["val"]
+        tokenized = tokenize(pairs, AutoTokenizer.from_pretrained(tmp_path / "tok"), ("de", "en"))
+        files.append(tokenized.cache_files[0]["filename"])
+    assert files[0] == files[1] and Path(files[0]).is_file()
