@@ -18,17 +18,8 @@ from transformers import DataCollatorForSeq2Seq
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.tokenization import train_tokenizer
-from vanilla_transformer.training.batching import TokenBatchSampler
+from vanilla_transformer.training.batching import TokenBatchSampler, padding_fraction
 from vanilla_transformer.training.data import load_parallel, tokenize
-
-
-def padding_fraction(batches, src_lengths, tgt_lengths) -> float:
-    real = padded = 0
-    for batch in batches:
-        src, tgt = [src_lengths[i] for i in batch], [tgt_lengths[i] for i in batch]
-        real += sum(src) + sum(tgt)
-        padded += len(batch) * (max(src) + max(tgt))
-    return 1 - real / padded
 
 
 def target_tokens_per_s(model, dataset, collator, batches, steps: int) -> float:

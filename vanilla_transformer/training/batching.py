@@ -65,10 +65,15 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def padding_fraction(self) -> float:
         """Share of the padded source + target positions that hold padding, over one epoch."""
-        real = padded = 0
-        for batch in self.batches:
-            src = [self.src_lengths[i] for i in batch]
-            tgt = [self.tgt_lengths[i] for i in batch]
-            real += sum(src) + sum(tgt)
-            padded += len(batch) * (max(src) + max(tgt))
-        return 1 - real / padded
+        return padding_fraction(self.batches, self.src_lengths, self.tgt_lengths)
+
+
+def padding_fraction(batches: list[list[int]], src_lengths: Sequence[int], tgt_lengths: Sequence[int]) -> float:
+    """Share of padding among the source + target positions of the given batches, each padded to its longest."""
+    real = padded = 0
+    for batch in batches:
+        src = [src_lengths[i] for i in batch]
+        tgt = [tgt_lengths[i] for i in batch]
+        real += sum(src) + sum(tgt)
+        padded += len(batch) * (max(src) + max(tgt))
+    return 1 - real / padded
