@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -250,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
     positional.set_defaults(func=show_positional_encoding)
 
     args = parser.parse_args(argv)
+    # The package's own progress messages (data cleaning counts, batching) go to stderr.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[vanilla-transformer] %(message)s"))
+    package_logger = logging.getLogger("vanilla_transformer")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
     args.func(args)
 
 

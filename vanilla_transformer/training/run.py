@@ -1,7 +1,6 @@
 """One training run from a recipe: data, tokenizer, model, Seq2SeqTrainer, test BLEU, and the run folder."""
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from .data import clean, load_parallel, tokenize
 from .plots import plot_curves
 from .recipe import Recipe
 from .trainer import TranslationTrainer, bleu_metric_fn
-
-logger = logging.getLogger(__name__)
 
 
 def bf16_available() -> bool:
@@ -122,9 +119,6 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         warmup_steps=recipe.training.warmup_steps,
         batch_log=run_dir if recipe.training.log_batches else None,
     )
-    logger.info("%d training pairs in %d batches of <= %d tokens, padding %.1f%%", len(train_set),
-                len(trainer.get_train_dataloader()), recipe.training.max_tokens,
-                100 * trainer.batch_sampler.padding_fraction())
     trainer.train(resume_from_checkpoint=True if resume else None)
     train_seconds = time.perf_counter() - started
     if not trainer.is_world_process_zero():

@@ -1,6 +1,7 @@
 """transformers' Seq2SeqTrainer, extended through its own hooks: token batches, the paper's schedule, throughput."""
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
 from .batching import TokenBatchSampler
 from .schedule import noam_scheduler
+
+logger = logging.getLogger(__name__)
 
 
 class TranslationTrainer(Seq2SeqTrainer):
@@ -29,6 +32,8 @@ class TranslationTrainer(Seq2SeqTrainer):
             [len(ids) for ids in dataset["input_ids"]], [len(ids) for ids in dataset["labels"]],
             max_tokens=self.max_tokens, seed=self.args.seed,
         )
+        logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
+                    len(self.batch_sampler), self.max_tokens, 100 * self.batch_sampler.padding_fraction())
         collator = self.data_collator
         if self.batch_log is not None:
             collator = BatchLoggingCollator(collator, self.batch_log, self.args.process_index)
