@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from vanilla_transformer.corpus import CorpusError
@@ -81,6 +82,12 @@ def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
     saved = json.loads((tmp_path / "run/results.json").read_text())
     assert saved["test"] == results["test"]
     assert len((tmp_path / "run/test2016.hyp.en").read_text().splitlines()) == 40
+    # The rendered model card: Hub metadata whose model-index holds this run's measured scores.
+    card = ModelCard.load(tmp_path / "run/model/README.md")
+    assert card.data.pipeline_tag == "translation" and card.data.language == ["de", "en"]
+    bleu = next(r for r in card.data.eval_results if r.metric_type == "bleu")
+    assert bleu.metric_value == round(results["test"]["bleu"], 2) and bleu.dataset_split == "test2016"
+    assert f"| {round(results['test']['bleu'], 2)} |" in card.text
 
 
 def train_command(corpus: Path, out: Path, *overrides: str) -> list[str]:

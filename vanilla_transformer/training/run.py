@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingA
 
 from ..configuration import VanillaTransformerConfig
 from ..evaluation import load_bleu, score, translate
+from ..hub.card import render_card
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..tokenization import train_tokenizer
 from .average import average_checkpoints, last_checkpoints
@@ -144,6 +145,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1),
         "averaged_checkpoints": averaged,
+        "best_checkpoint": trainer.state.best_model_checkpoint,  # by validation BLEU
+        "best_validation_bleu": trainer.state.best_metric,
         "validation_bleu": [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
                             if "eval_bleu" in e],
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}",
@@ -160,6 +163,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         results["test"] = {"split": d.test, "num_beams": g.num_beams, "length_penalty": g.length_penalty,
                            **score(hypotheses, references)}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    render_card(run_dir)
     write_log_csv(trainer.state.log_history, run_dir / "log.csv")
     plot_curves(trainer.state.log_history, run_dir / "curves.png", title=f"{recipe.name} ({d.src}->{d.tgt})")
     return results

@@ -1,0 +1,1 @@
+"""Everything that takes a trained model to the Hub: the model card."""

@@ -1,0 +1,59 @@
+"""The model card of a run, rendered from hub_card.md with the run's own figures (results.json, config, recipe)."""
+
+import json
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "hub_card.md"
+LANGUAGE_NAMES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech", "ru": "Russian"}
+EXAMPLES = {"de": "Ein Mann fährt mit dem Fahrrad durch die Stadt.", "en": "A man rides his bike through the city."}
+
+
+def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> ModelCard:
+    """Write run_dir/model/README.md: YAML metadata with a model-index of the measured scores, and the card body."""
+    run_dir = Path(run_dir)
+    if not TEMPLATE.is_file():
+        raise FileNotFoundError(f"model card template not found at {TEMPLATE}")
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / "model" / "config.json").read_text(encoding="utf-8"))
+    src, tgt = results["direction"].split("-")
+    dataset = recipe["data"]["source"]
+    test = results.get("test")
+    eval_results = []
+    if test:
+        for metric, value, name in (("bleu", test["bleu"], "sacreBLEU"), ("chrf", test["chrf"], "chrF")):
+            eval_results.append(EvalResult(
+                task_type="translation", task_name=f"Translation {src}-{tgt}", dataset_type=dataset,
+                dataset_name=f"{dataset} {test['split']}", dataset_split=test["split"], metric_type=metric,
+                metric_name=name, metric_value=round(value, 2),
+                metric_config=test["bleu_signature"] if metric == "bleu" else test["chrf_signature"],
+            ))
+    model_name = Path(repo_id).name
+    card_data = ModelCardData(
+        language=[src, tgt], license="apache-2.0", library_name="transformers", pipeline_tag="translation",
+        tags=["translation", "transformer", "vanilla-transformer", "attention-is-all-you-need"],
+        datasets=[dataset], metrics=["bleu", "chrf"], model_name=model_name, eval_results=eval_results or None,
+    )
+    training, generation = recipe["training"], recipe["generation"]
+    card = ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
+        src_name=LANGUAGE_NAMES.get(src, src), tgt_name=LANGUAGE_NAMES.get(tgt, tgt), preset=recipe["model"]["preset"],
+        d_model=config["d_model"], encoder_layers=config["encoder_layers"], decoder_layers=config["decoder_layers"],
+        heads=config["num_attention_heads"], d_ff=config["d_ff"], position_embedding=config["position_embedding"],
+        norm_first=config["norm_first"], parameters=f"{results['parameters']:,}", vocab_size=config["vocab_size"],
+        example=EXAMPLES.get(src, "..."), num_beams=generation["num_beams"],
+        length_penalty=generation["length_penalty"], max_length_offset=generation["max_length_offset"],
+        dataset=dataset, train_pairs=f"{results['train_pairs']:,}", cleaning=results["cleaning"],
+        validation=recipe["data"]["validation"], recipe_name=recipe["name"], steps=results["steps"],
+        max_tokens=training["max_tokens"], adam_beta2=training["adam_beta2"], adam_epsilon=training["adam_epsilon"],
+        lr_scale=training["lr_scale"], warmup_steps=training["warmup_steps"], dropout=config["dropout"],
+        label_smoothing=config["label_smoothing"], averaged=", ".join(results["averaged_checkpoints"]),
+        train_minutes=round(results["train_seconds"] / 60, 1), machine=results["machine"],
+        test_split=test["split"] if test else "(none)", direction=f"{src}→{tgt}",
+        bleu=round(test["bleu"], 2) if test else "-", chrf=round(test["chrf"], 2) if test else "-",
+        signature=test["bleu_signature"] if test else "-",
+    )
+    card.save(run_dir / "model" / "README.md")
+    return card
