@@ -218,7 +218,8 @@ def test_loss_is_normalised_by_the_tokens_of_the_whole_update():
         ({"train.de": "a\nb\nc\n", "train.en": "a\nb\n"}, r"train.de has 3 lines but .*train.en has 2"),
         ({"train.de": "a\n\nc\n", "train.en": "a\nb\nc\n"}, r"train.de:2: empty line"),
         ({"train.de": b"a\nb\xfc\n", "train.en": "a\nb\n"}, r"train.de:2: not valid UTF-8"),
-        ({"train.de": "a\n", "train.fr": "a\n"}, r"no SPLIT.de/SPLIT.en"),
+        ({"train.de": "a\n", "train.fr": "a\n"}, r"train.en: no such file \(language 'en' is missing"),
+        ({"notes.txt": "a\n"}, r"no SPLIT.de/SPLIT.en"),
         ({"train.jsonl": '{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "c"}}\n'},
          r"train.jsonl:2: no 'en' in the translation"),
     ],
@@ -245,11 +246,17 @@ def test_local_parquet_in_the_hub_schema_loads_like_a_hub_dataset(tmp_path):
     datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "train.parquet"))
     loaded = load_parallel(tmp_path, ("de", "en"))
     assert loaded["train"]["translation"] == rows["translation"]
-    # The Hub path: load_dataset on a dataset saved in the same schema (a local "repo" folder).
-    hub_like = tmp_path / "hub"
-    hub_like.mkdir()
-    datasets.Dataset.from_dict(rows).to_parquet(str(hub_like / "train.parquet"))
-    assert load_parallel(str(hub_like), ("de", "en"), splits=["train"])["train"].num_rows == 2
+    # The Hub path: datasets.load_dataset on a folder laid out like a Hub dataset repo (wmt/wmt14 has this schema).
+    hub_repo = tmp_path / "hub" / "data"
+    hub_repo.mkdir(parents=True)
+    datasets.Dataset.from_dict(rows).to_parquet(str(hub_repo / "train-00000-of-00001.parquet"))
+    datasets.Dataset.from_dict(rows).to_parquet(str(hub_repo / "validation-00000-of-00001.parquet"))
+    from_hub = load_parallel(str(tmp_path / "hub"), ("de", "en"), splits=["train", "validation"])
+    assert from_hub["validation"]["translation"] == rows["translation"]
+    with pytest.raises(CorpusError, match="no split 'test'"):
+        load_parallel(str(tmp_path / "hub"), ("de", "en"), splits=["test"])
+    with pytest.raises(CorpusError, match=r"hub\[train\]:1: no 'fr' in the translation"):
+        load_parallel(str(tmp_path / "hub"), ("de", "fr"), splits=["train"])
 
 
 def test_empty_pairs_are_dropped_when_asked(tmp_path):

@@ -18,19 +18,26 @@ def load_parallel(source: str | Path, langs: tuple[str, str], hub_config: str | 
                   splits: list[str] | None = None, drop_empty: bool = False) -> datasets.DatasetDict:
     """The splits of a parallel corpus, from a local folder or, when `source` is not a folder, from the Hub."""
     path = Path(source)
-    if not path.is_dir():
+    found = find_splits(path, langs) if path.is_dir() else set()
+    if not found:
+        if path.is_dir() and not (path / "data").is_dir() and not (path / "README.md").is_file():
+            raise CorpusError(f"{path}: no SPLIT.{langs[0]}/SPLIT.{langs[1]}, .jsonl or .parquet files")
+        # A Hub dataset id, or a folder laid out like a Hub dataset repo (data/train-*.parquet, ...).
         loaded = datasets.load_dataset(str(source), hub_config)
-        return datasets.DatasetDict({name: loaded[name] for name in (splits or loaded)})
-    splits = splits or sorted(find_splits(path, langs))
-    if not splits:
-        raise CorpusError(f"{path}: no SPLIT.{langs[0]}/SPLIT.{langs[1]}, .jsonl or .parquet files")
+        missing = [name for name in splits or () if name not in loaded]
+        if missing:
+            raise CorpusError(f"{source}: no split {missing[0]!r} (it has {sorted(loaded)})")
+        loaded = datasets.DatasetDict({name: loaded[name] for name in (splits or loaded)})
+        for name, split in loaded.items():
+            check_table(split, Path(f"{source}[{name}]"), langs)
+        return loaded
+    splits = splits or sorted(found)
     return datasets.DatasetDict({split: load_split(path, split, langs, drop_empty) for split in splits})
 
 
 def find_splits(folder: Path, langs: tuple[str, str]) -> set[str]:
-    """Split names that have files for both languages, or a .jsonl/.parquet file."""
-    text = {p.name[: -len(langs[0]) - 1] for p in folder.glob(f"*.{langs[0]}")}
-    text &= {p.name[: -len(langs[1]) - 1] for p in folder.glob(f"*.{langs[1]}")}
+    """Split names with a text file in either language (a missing side is reported later), or a table file."""
+    text = {p.name[: -len(lang) - 1] for lang in langs for p in folder.glob(f"*.{lang}")}
     tables = {p.stem for p in folder.glob("*.jsonl")} | {p.stem for p in folder.glob("*.parquet")}
     return text | tables
 
