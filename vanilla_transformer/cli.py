@@ -26,7 +26,7 @@ def tokenizer_train(args: argparse.Namespace) -> None:
               f"{subwords_per_word(tokenizer, lines):.3f} subwords per word, {len(lines)} sentences")
 
 
-QUICK = ["training.max_steps=150", "training.eval_steps=75", "training.save_steps=75", "data.validation_size=100",
+QUICK = ["training.max_steps=120", "training.eval_steps=60", "training.save_steps=60", "data.validation_size=100",
          "data.test_size=200", "training.warmup_steps=300", "average_last=2"]
 
 
