@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -235,7 +235,7 @@ class DecoderLayer(nn.Module):
 class TransformerStack(nn.Module):
     """What the encoder and decoder share: token embeddings x sqrt(d_model) + positional encodings, then dropout."""
 
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding, num_layers: int):
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__()
         self.config = config
         self.embed_tokens = embed_tokens
@@ -273,7 +273,7 @@ class TransformerEncoder(TransformerStack):
     """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens, config.encoder_layers)
+        super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
@@ -299,7 +299,7 @@ class TransformerDecoder(TransformerStack):
     """N identical layers that attend to the output so far (masked) and to the encoder output (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens, config.decoder_layers)
+        super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers))
 
     def self_attention_mask(self, attention_mask, query_length: int, past_length: int, device):

@@ -3,7 +3,6 @@
 import re
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from ..modeling import VanillaTransformerForConditionalGeneration
