@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -94,6 +95,15 @@ def train_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "vanilla_transformer.cli", *train_args(corpus, out, *overrides)]
 
 
+def complete_json(path: Path) -> bool:
+    """Whether the file exists and holds a whole JSON document (not one still being written)."""
+    try:
+        json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(small_corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(train_command(small_corpus, tmp_path / "straight", "training.max_steps=40"), env=env, check=True,
@@ -104,7 +114,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(small_corpus, tmp_pa
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "resumed/checkpoint-20/trainer_state.json"  # written last in a checkpoint
     deadline = time.monotonic() + 600
-    while not state.is_file() and killed.poll() is None and time.monotonic() < deadline:
+    while not complete_json(state) and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     killed.kill()
     killed.wait()
@@ -130,8 +140,12 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(small_corpus, tmp_pa
 def test_two_processes_see_disjoint_batches(small_corpus, tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the processes use the CPU and gloo.
+    with socket.socket() as probe:  # a free port for the rendezvous, rather than the fixed default 29500
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+               "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
                "vanilla_transformer.cli", *train_args(small_corpus, tmp_path / "ddp", "training.max_steps=12",
                                                        "training.save_steps=12")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
