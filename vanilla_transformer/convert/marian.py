@@ -9,10 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMTModel
 
-from ..configuration import VanillaTransformerConfig
+from ..configuration import ACTIVATIONS, VanillaTransformerConfig
 from ..modeling import VanillaTransformerForConditionalGeneration
-
-MARIAN_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "silu"}
 
 
 def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
@@ -27,9 +25,9 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
     for field in ("encoder_layerdrop", "decoder_layerdrop"):
         if getattr(marian, field):
             raise ValueError(f"MarianConfig.{field}={getattr(marian, field)} is not supported (LayerDrop)")
-    if marian.activation_function not in MARIAN_ACTIVATIONS:
+    if marian.activation_function not in ACTIVATIONS:
         raise ValueError(
-            f"MarianConfig.activation_function={marian.activation_function!r} is not one of {sorted(MARIAN_ACTIVATIONS)}"
+            f"MarianConfig.activation_function={marian.activation_function!r} is not one of {sorted(ACTIVATIONS)}"
         )
     if getattr(marian, "normalize_before", False):
         raise ValueError("MarianConfig.normalize_before=True is not supported: Marian models are post-norm")
@@ -45,7 +43,7 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
         dropout=marian.dropout,
         attention_dropout=marian.attention_dropout,
         activation_dropout=marian.activation_dropout,
-        activation_function=MARIAN_ACTIVATIONS[marian.activation_function],
+        activation_function=marian.activation_function,
         max_position_embeddings=marian.max_position_embeddings,
         position_embedding="sinusoidal",
         sinusoidal_layout="split",
