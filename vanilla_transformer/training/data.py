@@ -95,25 +95,17 @@ def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str]) -
                 raise CorpusError(f"{path}:{number}: no {lang!r} in the translation")
 
 
-def clean(dataset: datasets.Dataset, langs: tuple[str, str], tokenizer, max_length: int | None = None,
-          max_ratio: float | None = None) -> tuple[datasets.Dataset, dict[str, int]]:
-    """Drop pairs longer than max_length subwords on either side or with a length ratio above max_ratio.
+def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: float | None = None
+          ) -> tuple[datasets.Dataset, dict[str, int]]:
+    """Drop tokenised pairs longer than max_length subwords on either side or with a length ratio above max_ratio.
 
     Returns the kept pairs and the counts of what was dropped, as standard MT cleaning scripts report.
     """
-    src, tgt = langs
-
-    def lengths(batch):
-        pairs = batch["translation"]
-        return {
-            "src_len": [len(ids) for ids in tokenizer([p[src] for p in pairs])["input_ids"]],
-            "tgt_len": [len(ids) for ids in tokenizer([p[tgt] for p in pairs])["input_ids"]],
-        }
-
-    measured = dataset.map(lengths, batched=True, desc="measuring lengths")
     counts = {"kept": 0, "too_long": 0, "bad_ratio": 0}
     keep = []
-    for i, (s, t) in enumerate(zip(measured["src_len"], measured["tgt_len"])):
+    src_lengths = map(len, dataset["input_ids"])
+    tgt_lengths = map(len, dataset["labels"])
+    for i, (s, t) in enumerate(zip(src_lengths, tgt_lengths)):
         if max_length is not None and max(s, t) > max_length:
             counts["too_long"] += 1
         elif max_ratio is not None and max(s, t) > max_ratio * min(s, t):

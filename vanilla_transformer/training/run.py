@@ -93,8 +93,7 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
     with state.main_process_first():
         raw = load_parallel(recipe.data_source(), langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
         tokenizer = prepare_tokenizer(recipe, raw[d.train], reuse_saved=resume or not state.is_main_process)
-        train_pairs, cleaning = clean(raw[d.train], langs, tokenizer, d.max_length, d.max_ratio)
-        train_set = tokenize(train_pairs, tokenizer, langs, d.num_proc)
+        train_set, cleaning = clean(tokenize(raw[d.train], tokenizer, langs, d.num_proc), d.max_length, d.max_ratio)
         if recipe.training.log_batches:
             train_set = train_set.add_column("idx", list(range(len(train_set))))
         validation_pairs = raw[d.validation]
@@ -126,8 +125,8 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         return {}  # the run folder is the main process's to write
 
     final_dir = run_dir / "model"
-    if recipe.average_last > 1 and len(last_checkpoints(run_dir, recipe.average_last)) > 1:
-        checkpoints = last_checkpoints(run_dir, recipe.average_last)
+    checkpoints = last_checkpoints(run_dir, recipe.average_last) if recipe.average_last > 1 else []
+    if len(checkpoints) > 1:
         model = average_checkpoints(checkpoints, final_dir)
         averaged = [p.name for p in checkpoints]
     else:
