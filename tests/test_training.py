@@ -82,7 +82,10 @@ def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
     assert [e["step"] for e in results["validation_bleu"]] == [20, 40]
     saved = json.loads((tmp_path / "run/results.json").read_text())
     assert saved["test"] == results["test"]
-    assert len((tmp_path / "run/test2016.hyp.en").read_text().splitlines()) == 40
+    hypotheses = (tmp_path / "run/test2016.hyp.en").read_text().splitlines()
+    assert len(hypotheses) == results["test"]["sentences"] == 40
+    assert results["test"]["examples"][0]["translation"] == hypotheses[0]
+    assert results["test"]["examples"][0]["source"] == (small_corpus / "test2016.de").read_text().splitlines()[0]
     # The rendered model card: Hub metadata whose model-index holds this run's measured scores.
     card = ModelCard.load(tmp_path / "run/model/README.md")
     assert card.data.pipeline_tag == "translation" and card.data.language == ["de", "en"]
@@ -93,6 +96,15 @@ def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
 
 def train_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "vanilla_transformer.cli", *train_args(corpus, out, *overrides)]
+
+
+def test_a_new_run_does_not_mix_with_an_earlier_one_in_its_folder(small_corpus, tmp_path):
+    (tmp_path / "run/checkpoint-500").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"run holds an earlier run \(checkpoint-500, ...\): pass --resume"):
+        train(tiny_recipe(small_corpus, tmp_path / "run"))
+    results = train(tiny_recipe(small_corpus, tmp_path / "run", "training.max_steps=4", "training.save_steps=2",
+                                "average_last=5", "data.test=null"), overwrite=True)
+    assert results["averaged_checkpoints"] == ["checkpoint-2", "checkpoint-4"]
 
 
 def complete_json(path: Path) -> bool:

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 
-
 def tokenizer_train(args: argparse.Namespace) -> None:
     """Train the joint subword vocabulary on DATA/SPLIT.{lang} for every language, and save it."""
     from .tokenization import subwords_per_word, train_tokenizer
@@ -39,16 +38,13 @@ def demo(args: argparse.Namespace) -> None:
     if args.quick:
         recipe.output_dir = str(recipe.run_dir) + "-quick"
     print(f"recipe {args.recipe}{' (--quick smoke run)' if args.quick else ''}, run folder {recipe.run_dir}")
-    results = run(recipe)
+    results = run(recipe, overwrite=True)  # the demo's own folder: a new demo replaces the last one
     test = results["test"]
-    d = recipe.data
-    pairs = Path(recipe.data_source(), f"{d.test}.{d.src}"), Path(recipe.data_source(), f"{d.test}.{d.tgt}")
-    sources, references = (path.read_text(encoding="utf-8").splitlines() for path in pairs)
-    hypotheses = (recipe.run_dir / f"{d.test}.hyp.{d.tgt}").read_text(encoding="utf-8").splitlines()
-    for i in range(0, min(len(hypotheses), 500), 100):
-        print(f"\n  source     {sources[i]}\n  reference  {references[i]}\n  ours       {hypotheses[i]}")
+    for example in test["examples"]:
+        print(f"\n  source     {example['source']}\n  reference  {example['reference']}\n"
+              f"  ours       {example['translation']}")
     print(f"\n{results['parameters']:,} parameters, {results['steps']} updates in {results['train_seconds'] / 60:.1f} min")
-    print(f"{d.test} ({len(hypotheses)} sentences) sacreBLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}")
+    print(f"{test['split']} ({test['sentences']} sentences) sacreBLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}")
     print(f"signature: {test['bleu_signature']}")
     print(f"run folder: {recipe.run_dir} (model/, results.json, curves.png, log.csv)")
 
@@ -73,7 +69,7 @@ def train(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe, args.set)
     if args.output_dir:
         recipe.output_dir = args.output_dir
-    results = run(recipe, resume=args.resume)
+    results = run(recipe, resume=args.resume, overwrite=args.overwrite)
     if not results:
         return  # not the main process of a distributed run
     test = results.get("test")
@@ -206,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                           help="override a recipe value, e.g. --set training.max_steps=100 (repeatable)")
     training.add_argument("--output-dir", help="run folder (default runs/RECIPE_NAME)")
     training.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    training.add_argument("--overwrite", action="store_true", help="replace an earlier run's checkpoints in the folder")
     training.add_argument("--verbose", action="store_true")
     training.set_defaults(func=train)
 

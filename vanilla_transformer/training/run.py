@@ -1,6 +1,7 @@
 """One training run from a recipe: data, tokenizer, model, Seq2SeqTrainer, test BLEU, and the run folder."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -77,9 +78,22 @@ def prepare_tokenizer(recipe: Recipe, train_pairs, reuse_saved: bool):
     return tokenizer
 
 
-def train(recipe: Recipe, resume: bool = False) -> dict:
-    """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png."""
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
+
+    A new run refuses a folder that holds checkpoints of an earlier one (they would be averaged with its own),
+    unless told to resume from them or to overwrite them.
+    """
     run_dir = recipe.run_dir
+    earlier = sorted(run_dir.glob("checkpoint-*")) + sorted(run_dir.glob("batches-rank*.jsonl"))
+    if earlier and not resume:
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} holds an earlier run ({earlier[0].name}, ...): pass --resume to continue "
+                                  "it, --overwrite to replace it, or choose another --output-dir")
+        if PartialState().is_main_process:
+            for path in earlier:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        PartialState().wait_for_everyone()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
     transformers.set_seed(recipe.training.seed)
@@ -159,8 +173,10 @@ def train(recipe: Recipe, resume: bool = False) -> dict:
         hypotheses = translate(model, tokenizer, sources, batch_size=g.eval_batch_size, num_beams=g.num_beams,
                                length_penalty=g.length_penalty)
         (run_dir / f"{d.test}.hyp.{d.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-        results["test"] = {"split": d.test, "num_beams": g.num_beams, "length_penalty": g.length_penalty,
-                           **score(hypotheses, references)}
+        examples = [{"source": sources[i], "reference": references[i], "translation": hypotheses[i]}
+                    for i in range(0, min(len(sources), 500), 100)]
+        results["test"] = {"split": d.test, "sentences": len(sources), "num_beams": g.num_beams,
+                           "length_penalty": g.length_penalty, **score(hypotheses, references), "examples": examples}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     render_card(run_dir)
     write_log_csv(trainer.state.log_history, run_dir / "log.csv")
