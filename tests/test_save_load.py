@@ -40,6 +40,14 @@ def test_round_trip_is_bit_identical(tmp_path, overrides):
     assert loaded.generation_config.max_length_offset == 50
 
 
+@pytest.mark.parametrize("share_embeddings", [True, False])
+def test_output_projection_stays_tied_to_the_decoder_embeddings(tmp_path, share_embeddings):
+    tiny_model(share_embeddings=share_embeddings).save_pretrained(tmp_path)
+    loaded = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.decoder.embed_tokens.weight
+    assert (loaded.model.encoder.embed_tokens.weight is loaded.lm_head.weight) == share_embeddings
+
+
 def test_checkpoint_holds_weights_once_and_no_positional_tables(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     with safe_open(tmp_path / "model.safetensors", "pt") as f:

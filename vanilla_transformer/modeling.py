@@ -130,8 +130,13 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
 
         # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+        # Both lookups are spelled out: each major version recognises its own before set_attn_implementation works.
+        if output_attentions or self.config._attn_implementation == "eager":
+            attention = eager_attention_forward
+        elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        else:  # transformers 4.57
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         out, weights = attention(
             self, q, k, v, mask, dropout=self.dropout if self.training else 0.0, scaling=self.head_dim**-0.5,
             is_causal=is_causal,
@@ -511,6 +516,12 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.generation_config.early_stopping = True
         self.generation_config.max_length_offset = 50
         self.generation_config._from_model_config = False  # it is ours now: keep it whole when saved and loaded
+
+    def _tie_weights(self) -> None:
+        # transformers 4.x ties the output projection to get_input_embeddings(), the encoder's; it belongs to the
+        # decoder's (5.x reads _tied_weights_keys instead and never calls this).
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.decoder.embed_tokens.weight
 
     def get_encoder(self, modality=None) -> TransformerEncoder:
         return self.model.encoder

@@ -96,11 +96,15 @@ def convert_marian(marian: MarianMTModel) -> VanillaTransformerForConditionalGen
         raise ValueError(f"weights did not map: missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
     model.generation_config = GenerationConfig.from_dict(marian.generation_config.to_dict())
     model.generation_config.max_length_offset = None  # keep Marian's own length settings
+    model.generation_config._from_model_config = False
     return model.to(marian.dtype).eval()
 
 
 def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> VanillaTransformerForConditionalGeneration:
     """Convert a Marian model folder or Hub repo id into a model folder of ours, with Marian's tokenizer as it is."""
+    looks_like_path = str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
+    if looks_like_path and not Path(source).expanduser().is_dir():
+        raise FileNotFoundError(f"{source}: no such model folder")
     marian = MarianMTModel.from_pretrained(source)
     model = convert_marian(marian)
     model.save_pretrained(out_dir)
