@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, tiny_overrides, tiny_recipe, write_pairs
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -21,43 +22,6 @@ from vanilla_transformer.training.data import load_parallel
 from vanilla_transformer.training.recipe import load_recipe
 from vanilla_transformer.training.run import train
 from vanilla_transformer.training.schedule import noam_lr, noam_scheduler
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_pairs(folder: Path, split: str, de: list[str], en: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{split}.de").write_text("\n".join(de) + "\n", encoding="utf-8")
-    (folder / f"{split}.en").write_text("\n".join(en) + "\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def small_corpus(data_dir, tmp_path_factory) -> Path:
-    """500 training pairs of Multi30k, and 40 each for validation and test, in a temporary folder."""
-    folder = tmp_path_factory.mktemp("multi30k-500")
-    for split, source, count in (("train", "train", 500), ("val", "val", 40), ("test2016", "test2016", 40)):
-        de = (data_dir / f"multi30k/{source}.de").read_text(encoding="utf-8").splitlines()[:count]
-        en = (data_dir / f"multi30k/{source}.en").read_text(encoding="utf-8").splitlines()[:count]
-        write_pairs(folder, split, de, en)
-    return folder
-
-
-def tiny_overrides(corpus: Path) -> list[str]:
-    """The Multi30k recipe shrunk to seconds: tiny model, small vocabulary, small batches."""
-    return [
-        f"data.source={corpus}", "tokenizer.vocab_size=400", "model.preset=tiny",
-        "model.overrides={dropout: 0.1, max_position_embeddings: 256}", "training.max_tokens=600",
-        "training.warmup_steps=20", "training.lr_scale=2.0", "training.logging_steps=5", "training.save_steps=20",
-        "training.precision=fp32", "average_last=0",
-    ]
-
-
-def tiny_recipe(corpus: Path, out: Path, *extra: str):
-    overrides = tiny_overrides(corpus) + [
-        f"output_dir={out}", "training.max_steps=40", "training.eval_steps=20", "generation.num_beams=2",
-        "data.validation_size=null", *extra,
-    ]
-    return load_recipe(REPO / "configs/multi30k-de-en-small.yaml", overrides)
 
 
 def train_args(corpus: Path, out: Path, *extra: str) -> list[str]:

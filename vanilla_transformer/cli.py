@@ -9,8 +9,8 @@ from pathlib import Path
 
 def tokenizer_train(args: argparse.Namespace) -> None:
     """Train the joint subword vocabulary on DATA/SPLIT.{lang} for every language, and save it."""
-    from .tokenization import subwords_per_word, train_tokenizer
     from .corpus import read_lines
+    from .tokenization import subwords_per_word, train_tokenizer
 
     files = [Path(args.data) / f"{args.split}.{lang}" for lang in args.langs]
     start = time.perf_counter()
@@ -152,6 +152,14 @@ def translate_command(args: argparse.Namespace) -> None:
         print("\n".join(translate(model, tokenizer, batch, **settings)), flush=True)
 
 
+def push_command(args: argparse.Namespace) -> None:
+    """Upload a training run's model to a Hub repo: weights, configs, tokenizer, code, pipeline and model card."""
+    from .hub.push import push
+
+    info = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
+    print(f"pushed {Path(args.run_dir) / 'model'} to {args.repo_id} ({args.revision or 'main'}): {info.commit_url}")
+
+
 def show_attention(args: argparse.Namespace) -> None:
     """A PNG heatmap of the encoder-decoder attention of one sentence's translation."""
     from .visualize import plot_attention
@@ -231,6 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     translating.add_argument("--batch-size", type=int, default=32)
     translating.set_defaults(func=translate_command)
 
+    pushing = commands.add_parser("push", help="upload a run's model, tokenizer, code and model card to the Hub")
+    pushing.add_argument("run_dir", help="a training run folder (with model/ and results.json)")
+    pushing.add_argument("repo_id", help="e.g. your-name/transformer-multi30k-de-en")
+    pushing.add_argument("--private", action="store_true", help="create the repo as private")
+    pushing.add_argument("--revision", help="a branch to commit to (created from main if new); default main")
+    pushing.set_defaults(func=push_command)
+
     attention = commands.add_parser("show-attention", help="PNG heatmap of a translation's cross-attention")
     attention.add_argument("model")
     attention.add_argument("sentence")
@@ -254,7 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     package_logger = logging.getLogger("vanilla_transformer")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
-    args.func(args)
+    try:
+        args.func(args)
+    except (OSError, ValueError) as error:  # bad files, bad values, Hub errors: the message says which
+        raise SystemExit(f"vanilla-transformer {args.command}: error: {error}") from error
 
 
 if __name__ == "__main__":

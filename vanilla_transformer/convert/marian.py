@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMTModel
 
 from ..configuration import ACTIVATIONS, VanillaTransformerConfig
+from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 
 
@@ -109,4 +110,5 @@ def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> Vanill
     model = convert_marian(marian)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
+    make_portable(out_dir)
     return model

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingA
 from ..configuration import VanillaTransformerConfig
 from ..evaluation import load_bleu, score, translate
 from ..hub.card import render_card
+from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..tokenization import train_tokenizer
 from .average import average_checkpoints, last_checkpoints
@@ -147,6 +148,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         trainer.save_model(final_dir)
         averaged = []
     tokenizer.save_pretrained(final_dir)
+    make_portable(final_dir)
 
     results = {
         "recipe": recipe.name,

@@ -1,0 +1,54 @@
+"""`vanilla-transformer push`: a training run's model, tokenizer, code and card to a Hub repo, in one commit."""
+
+import json
+from pathlib import Path
+
+from huggingface_hub import CommitInfo, HfApi
+
+from .card import render_card
+from .export import make_portable
+
+# What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.
+UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "*.spm", "vocab.json", "*.py", "README.md"]
+
+
+def model_folder(run_dir: Path) -> Path:
+    """The run's model/ folder, refused unless it holds safetensors weights."""
+    model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no model/ folder; push takes the folder of a finished training run")
+    if not list(model_dir.glob("*.safetensors")):
+        pickled = sorted(p.name for p in model_dir.glob("pytorch_model*.bin"))
+        found = f"only {', '.join(pickled)}, and push uploads safetensors only" if pickled else "no weights"
+        raise FileNotFoundError(f"{model_dir}: {found} (expected model.safetensors)")
+    if not (run_dir / "results.json").is_file():
+        raise FileNotFoundError(f"{run_dir}: no results.json, which the model card is made from")
+    return model_dir
+
+
+def commit_message(run_dir: Path) -> str:
+    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    message = f"Upload {results['recipe']} ({results['direction']}, {results['steps']} updates"
+    if "test" in results:
+        message += f", {results['test']['split']} sacreBLEU {results['test']['bleu']:.2f}"
+    return message + ")"
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+         token: str | None = None) -> CommitInfo:
+    """Create the repo (and branch) if needed and upload the run's model folder with its rendered card.
+
+    The token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) unless given; it is never
+    printed. Files already on the Hub with the same content are not sent again.
+    """
+    run_dir = Path(run_dir)
+    model_dir = model_folder(run_dir)
+    make_portable(model_dir)
+    render_card(run_dir, repo_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision,
+                             allow_patterns=UPLOADED, commit_message=commit_message(run_dir))
