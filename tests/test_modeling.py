@@ -102,6 +102,19 @@ def test_generate_with_and_without_cache_agree(num_beams):
     assert torch.equal(with_cache, without)
 
 
+def test_bf16_autocast_takes_the_plain_attention_and_stays_close_to_fp32():
+    model = tiny_model(**VARIANTS["paper"])
+    src, mask, _ = padded_batch([6, 3])
+    tgt = random_batch(2, 5, seed=4)
+    with torch.no_grad():
+        fp32 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.model.encoder.layers[0].self_attn.prefers_eager(torch.zeros(1, dtype=torch.bfloat16))
+            bf16 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+    assert bf16.dtype == torch.bfloat16
+    assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_sdpa_and_eager_attention_agree(variant):
     model = tiny_model(**VARIANTS[variant])

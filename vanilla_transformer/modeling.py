@@ -99,6 +99,11 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = fused_linear(config.d_model, 3)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
+    def prefers_eager(self, query: torch.Tensor) -> bool:
+        # On CPU, SDPA's bfloat16 kernel (its backward above all) is 3-6x slower than matmul-softmax-matmul at
+        # sentence lengths (benchmarks/bench_attention.py), so bf16 autocast takes the plain path.
+        return self.config._attn_implementation == "sdpa" and query.dtype == torch.bfloat16 and query.is_cpu
+
     def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
         batch, time, _ = x.shape
@@ -131,7 +136,7 @@ class MultiHeadAttention(nn.Module):
 
         # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
         # Both lookups are spelled out: each major version recognises its own before set_attn_implementation works.
-        if output_attentions or self.config._attn_implementation == "eager":
+        if output_attentions or self.config._attn_implementation == "eager" or self.prefers_eager(q):
             attention = eager_attention_forward
         elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
@@ -155,7 +160,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, dropout=0
         attention_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None:
         scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-    weights = scores.softmax(dim=-1)
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)  # fp32 softmax, also under bf16
     output = F.dropout(weights, dropout, module.training) @ value
     return output.transpose(1, 2).contiguous(), weights
 
