@@ -9,17 +9,14 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
-from common import machine
+from common import machine, multi30k_token_batches
 from torch.utils.data import BatchSampler, RandomSampler
 from transformers import DataCollatorForSeq2Seq
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.tokenization import train_tokenizer
-from vanilla_transformer.training.batching import TokenBatchSampler, padding_fraction
-from vanilla_transformer.training.data import load_parallel, tokenize
+from vanilla_transformer.training.batching import padding_fraction
 
 
 def target_tokens_per_s(model, dataset, collator, batches, steps: int) -> float:
@@ -46,15 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
-    folder = Path(args.data) / "multi30k"
-    raw = load_parallel(folder, ("de", "en"), splits=["train"])["train"]
-    tokenizer = train_tokenizer([folder / "train.de", folder / "train.en"], vocab_size=8000, show_progress=False)
-    dataset = tokenize(raw, tokenizer, ("de", "en"))
-    src_lengths = [len(x) for x in dataset["input_ids"]]
-    tgt_lengths = [len(x) for x in dataset["labels"]]
-
-    token_sampler = TokenBatchSampler(src_lengths, tgt_lengths, max_tokens=args.max_tokens, seed=0)
-    token_batches = list(token_sampler)
+    tokenizer, dataset, token_batches, src_lengths, tgt_lengths = multi30k_token_batches(args.data, args.max_tokens)
     mean_size = round(len(dataset) / len(token_batches))
     generator = torch.Generator().manual_seed(0)
     random_batches = list(BatchSampler(RandomSampler(range(len(dataset)), generator=generator), mean_size, False))

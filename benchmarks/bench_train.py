@@ -1,16 +1,33 @@
 """Training speed: our model vs MarianMTModel with identical shape, same random batches, same run.
 
-One step = forward + backward + AdamW update. Reports target tokens/s, the ratio ours/Marian, our achieved FLOP/s
-against the matmul peak measured here, and peak RSS. Prints one JSON object.
-Usage: python benchmarks/bench_train.py [--shapes small base] [--steps 5] [--bf16]
+One step = forward + backward + AdamW update. Reports target tokens/s on random batches, the ratio ours/Marian,
+our achieved FLOP/s against the matmul peak measured here, each model's peak RSS (one process per model), and with
+--data a run on real Multi30k token batches: non-pad target tokens/s of both models, and our loss after N steps in
+fp32 and in bf16 autocast from the same start. Prints one JSON object.
+Usage: python benchmarks/bench_train.py [--shapes small base] [--steps 5] [--bf16] [--data ../shared/data]
 """
 
 import argparse
 import contextlib
 import json
+import subprocess
+import sys
+import time
 
 import torch
-from common import machine, marian_and_ours, matmul_peak_flops, median_seconds, peak_rss_mb
+from common import (
+    machine,
+    marian_and_ours,
+    marian_model,
+    matmul_peak_flops,
+    median_seconds,
+    multi30k_token_batches,
+    our_model,
+    peak_rss_mb,
+)
+from transformers import DataCollatorForSeq2Seq
+
+from vanilla_transformer.convert.marian import convert_marian
 
 
 def training_flops_per_step(config, batch: int, src_len: int, tgt_len: int) -> float:
@@ -42,6 +59,61 @@ def step_seconds(model, batches, autocast: bool, repeats: int) -> float:
     return median_seconds(step, repeats, warmup=1)
 
 
+def training_rss_mb(which: str, shape: str, batch: int, length: int) -> float:
+    """Peak RSS of a process that builds one model and trains it 3 steps (fp32): run in a fresh interpreter."""
+    model = our_model(shape) if which == "ours" else marian_model(shape)
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    batches = [(torch.randint(4, vocab, (batch, length), generator=generator),
+                torch.randint(4, vocab, (batch, length), generator=generator))]
+    step_seconds(model, batches, autocast=False, repeats=2)
+    return peak_rss_mb()
+
+
+def real_data_run(data: str, steps: int, speed_steps: int) -> dict:
+    """Multi30k token batches, small shape: both models' non-pad target tokens/s, and our loss fp32 vs bf16."""
+    tokenizer, dataset, batches, _, _ = multi30k_token_batches(data)
+
+    def fresh_marian():
+        marian = marian_model("small")
+        marian.resize_token_embeddings(len(tokenizer))
+        return marian
+
+    collator = DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100)
+    inputs = [collator([dataset[j] for j in batch]) for batch in batches[: steps + 1]]
+
+    def train(model, autocast: bool, n: int) -> tuple[float, float]:
+        model.train()
+        torch.manual_seed(0)  # the same dropout masks for fp32 and bf16
+        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9)
+        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        tokens, seconds, loss = 0, 0.0, None
+        for i, batch in enumerate(inputs[: n + 1]):
+            start = time.perf_counter()
+            with context:
+                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i:  # the first step warms up
+                seconds += time.perf_counter() - start
+                tokens += int((batch["labels"] != -100).sum())
+        return tokens / seconds, float(loss)
+
+    result = {"steps": steps, "batches_max_tokens": 4096}
+    for precision in ("fp32", "bf16"):
+        autocast = precision == "bf16"
+        ours_speed, ours_loss = train(convert_marian(fresh_marian()), autocast, steps)  # the same start both times
+        marian_speed, _ = train(fresh_marian(), autocast, speed_steps)
+        result[precision] = {"ours_nonpad_target_tokens_per_s": round(ours_speed),
+                             "marian_nonpad_target_tokens_per_s": round(marian_speed),
+                             "ratio": round(ours_speed / marian_speed, 3), f"ours_loss_after_{steps}_steps": ours_loss}
+    fp32_loss, bf16_loss = (result[p][f"ours_loss_after_{steps}_steps"] for p in ("fp32", "bf16"))
+    result["bf16_loss_relative_difference"] = round(abs(bf16_loss - fp32_loss) / fp32_loss, 4)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shapes", nargs="+", default=["small", "base"], choices=["small", "base"])
@@ -49,7 +121,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--bf16", action="store_true", help="also measure with bf16 autocast")
+    parser.add_argument("--data", help="shared data folder: also train on real Multi30k token batches")
+    parser.add_argument("--real-steps", type=int, default=50)
+    parser.add_argument("--rss-of", choices=["ours", "marian"], help=argparse.SUPPRESS)  # the RSS child process
     args = parser.parse_args()
+    if args.rss_of:
+        print(training_rss_mb(args.rss_of, args.shapes[0], args.batch, args.length))
+        return
 
     results = {"machine": machine(), "batch": [args.batch, args.length], "cases": {}}
     results["peak_matmul_gflops"] = {"fp32": round(matmul_peak_flops(torch.float32) / 1e9, 1)}
@@ -75,7 +153,17 @@ def main() -> None:
                 "ours_fraction_of_peak": round(flops / ours_s / 1e9 / results["peak_matmul_gflops"][precision], 3),
             }
         del marian, ours
-    results["peak_rss_mb_both_models"] = round(peak_rss_mb())
+    results["peak_training_rss_mb"] = {}
+    for shape in args.shapes:
+        rss = {}
+        for which in ("ours", "marian"):
+            child = [sys.executable, __file__, "--rss-of", which, "--shapes", shape, "--batch", str(args.batch),
+                     "--length", str(args.length)]
+            rss[which] = round(float(subprocess.run(child, capture_output=True, text=True, check=True).stdout))
+        rss["ratio"] = round(rss["ours"] / rss["marian"], 3)
+        results["peak_training_rss_mb"][shape] = rss
+    if args.data:
+        results["multi30k_small"] = real_data_run(args.data, args.real_steps, speed_steps=10)
     print(json.dumps(results, indent=2))
 
 
