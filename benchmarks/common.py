@@ -82,6 +82,13 @@ def multi30k_token_batches(data_dir: str | Path, max_tokens: int = 4096, vocab_s
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM, which starts afresh at exec; ru_maxrss elsewhere (on
+    Linux it carries the parent's peak into a child process)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -27,7 +27,7 @@ DECODER_INPUT_IDS = [[1, 20, 30, 40], [1, 50, 60, 70], [1, 80, 90, 100]]
 LOADER = textwrap.dedent(r"""
     import json, re, sys
     import torch
-    from huggingface_hub import ModelCard
+    from huggingface_hub import HfApi, ModelCard
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
     repo, sentences, decoder_input_ids = sys.argv[1], json.loads(sys.argv[2]), torch.tensor(json.loads(sys.argv[3]))
@@ -44,6 +44,8 @@ LOADER = textwrap.dedent(r"""
     card = ModelCard.load(repo)
     bleu = next(r for r in card.data.eval_results if r.metric_type == "bleu")
     exec(re.search(r"```python\n(.*?)```", card.text, re.DOTALL).group(1))  # the card's own usage snippet
+    tree = {entry.path: entry for entry in HfApi().list_repo_tree(repo)}
+    siblings = sorted(sibling.rfilename for sibling in HfApi().model_info(repo).siblings)
     errors = {}
     for name, load in (("repo", lambda: AutoModelForSeq2SeqLM.from_pretrained("tester/no-such-model")),
                        ("revision", lambda: AutoModelForSeq2SeqLM.from_pretrained(repo, revision="no-such-branch",
@@ -63,6 +65,8 @@ LOADER = textwrap.dedent(r"""
         "pipeline_list": translator(sentences, num_beams=4, max_new_tokens=20, batch_size=len(sentences)),
         "pipeline_one": translator(sentences[0], num_beams=4, max_new_tokens=20),
         "pipeline_batches_of_two": translator(sentences, num_beams=4, max_new_tokens=20, batch_size=2),
+        "weights_in_lfs": tree["model.safetensors"].lfs is not None,
+        "listing_agrees": sorted(tree) == siblings,
         "card_bleu": bleu.metric_value,
         "card_split": bleu.dataset_split,
         "errors": errors,
@@ -134,6 +138,7 @@ def test_pushed_run_loads_without_the_package_and_translates_the_same(hub, run_d
     remote = json.loads(loader.stdout.split("RESULT ", 1)[1])
     assert not remote["imported_package"]
     assert remote["model_class"] == "VanillaTransformerForConditionalGeneration"
+    assert remote["weights_in_lfs"] and remote["listing_agrees"]
     assert remote["tokenizer_class"] == "VanillaTransformerTokenizer"
     assert remote["plain_tokenizer_class"] in ("PreTrainedTokenizerFast", "TokenizersBackend")
     assert remote["plain_tokenizer_same_ids"]
@@ -212,6 +217,9 @@ def test_push_errors_are_clear_and_never_show_the_token(hub, run_dir, tmp_path):
     assert "401" in result.stderr and "Traceback" not in result.stderr
     assert wrong not in result.stdout + result.stderr and TOKEN not in result.stdout + result.stderr
     assert REPO_ID not in hub.repos
+
+    private = push(hub, tmp_path, run_dir, "--private")
+    assert private.returncode == 0 and hub.repos[REPO_ID].private
 
 
 def local_translations(model_dir, **settings) -> list[str]:
