@@ -8,32 +8,14 @@ Prints one JSON object. Usage: python benchmarks/bench_batching.py [--data ../sh
 import argparse
 import json
 import os
-import time
 
 import torch
-from common import machine, multi30k_token_batches
+from common import machine, multi30k_token_batches, train_steps
 from torch.utils.data import BatchSampler, RandomSampler
 from transformers import DataCollatorForSeq2Seq
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.training.batching import padding_fraction
-
-
-def target_tokens_per_s(model, dataset, collator, batches, steps: int) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    model.train()
-    tokens, seconds = 0, 0.0
-    for i, batch in enumerate(batches[: steps + 1]):
-        inputs = collator([dataset[j] for j in batch])
-        start = time.perf_counter()
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i:  # the first step warms up
-            seconds += time.perf_counter() - start
-            tokens += int((inputs["labels"] != -100).sum())
-    return tokens / seconds
 
 
 def main() -> None:
@@ -53,9 +35,9 @@ def main() -> None:
     model = VanillaTransformerForConditionalGeneration(config)
     collator = DataCollatorForSeq2Seq(tokenizer, model=model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    token_speed = target_tokens_per_s(model, dataset, collator, token_batches, args.steps)
+    token_speed, _ = train_steps(model, (collator([dataset[j] for j in b]) for b in token_batches[: args.steps + 1]))
     model.load_state_dict(initial)
-    random_speed = target_tokens_per_s(model, dataset, collator, random_batches, args.steps)
+    random_speed, _ = train_steps(model, (collator([dataset[j] for j in b]) for b in random_batches[: args.steps + 1]))
     result = {
         "sentences": len(dataset),
         "batches_per_epoch": {"token_bucketed": len(token_batches), "random": len(random_batches)},

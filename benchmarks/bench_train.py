@@ -12,7 +12,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 
 import torch
 from common import (
@@ -24,6 +23,7 @@ from common import (
     multi30k_token_batches,
     our_model,
     peak_rss_mb,
+    train_steps,
 )
 from transformers import DataCollatorForSeq2Seq
 
@@ -82,30 +82,12 @@ def real_data_run(data: str, steps: int, speed_steps: int) -> dict:
     collator = DataCollatorForSeq2Seq(tokenizer, model=None, label_pad_token_id=-100)
     inputs = [collator([dataset[j] for j in batch]) for batch in batches[: steps + 1]]
 
-    def train(model, autocast: bool, n: int) -> tuple[float, float]:
-        model.train()
-        torch.manual_seed(0)  # the same dropout masks for fp32 and bf16
-        optimizer = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9)
-        context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-        tokens, seconds, loss = 0, 0.0, None
-        for i, batch in enumerate(inputs[: n + 1]):
-            start = time.perf_counter()
-            with context:
-                loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"]).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if i:  # the first step warms up
-                seconds += time.perf_counter() - start
-                tokens += int((batch["labels"] != -100).sum())
-        return tokens / seconds, float(loss)
-
     result = {"steps": steps, "batches_max_tokens": 4096}
     for precision in ("fp32", "bf16"):
         autocast = precision == "bf16"
-        ours_speed, ours_loss = train(convert_marian(fresh_marian()), autocast, steps)  # the same start both times
-        marian_speed, _ = train(fresh_marian(), autocast, speed_steps)
+        torch.manual_seed(0)  # the same start and the same dropout masks in fp32 and bf16
+        ours_speed, ours_loss = train_steps(convert_marian(fresh_marian()), inputs, autocast, lr=5e-4)
+        marian_speed, _ = train_steps(fresh_marian(), inputs[: speed_steps + 1], autocast, lr=5e-4)
         result[precision] = {"ours_nonpad_target_tokens_per_s": round(ours_speed),
                              "marian_nonpad_target_tokens_per_s": round(marian_speed),
                              "ratio": round(ours_speed / marian_speed, 3), f"ours_loss_after_{steps}_steps": ours_loss}

@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: the two models at one shape, timing, and the machine's matmul peak."""
 
+import contextlib
 import os
 import platform
 import resource
@@ -79,6 +80,25 @@ def multi30k_token_batches(data_dir: str | Path, max_tokens: int = 4096, vocab_s
     tgt_lengths = [len(x) for x in dataset["labels"]]
     batches = list(TokenBatchSampler(src_lengths, tgt_lengths, max_tokens=max_tokens, seed=0))
     return tokenizer, dataset, batches, src_lengths, tgt_lengths
+
+
+def train_steps(model, batches, autocast: bool = False, lr: float = 1e-4) -> tuple[float, float]:
+    """Adam steps over collated batches: non-pad target tokens/s (the first step warms up, untimed), last loss."""
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    tokens, seconds, loss = 0, 0.0, None
+    for i, inputs in enumerate(batches):
+        start = time.perf_counter()
+        with context:
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:
+            seconds += time.perf_counter() - start
+            tokens += int((inputs["labels"] != -100).sum())
+    return tokens / seconds, loss.item()
 
 
 def peak_rss_mb() -> float:
