@@ -616,6 +616,16 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         )
         return output if return_dict is not False else output.to_tuple()
 
+    def _reorder_cache(self, cache: EncoderDecoderCache, beam_idx: torch.Tensor) -> EncoderDecoderCache:
+        """Beam search's reordering hook: the decoder's keys and values follow their beams.
+
+        The encoder's stay where they are: beams never leave their sentence, and every beam of a sentence holds the
+        same encoder keys and values, so moving them (a copy of the whole cross-attention cache per step) changes
+        nothing.
+        """
+        cache.self_attention_cache.reorder_cache(beam_idx)
+        return cache
+
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """generate(), where the output length defaults to the paper's "input length + 50" (Section 6.1).
 
