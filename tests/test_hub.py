@@ -234,6 +234,10 @@ def test_translation_pipeline_on_a_run_folder(run_dir):
     expected = local_translations(run_dir / "model", num_beams=3, max_new_tokens=15)
     assert translator(SENTENCES, num_beams=3, max_new_tokens=15, batch_size=8) == [
         {"translation_text": text} for text in expected]
+    short = local_translations(run_dir / "model", num_beams=3, max_length=6)
+    assert translator(SENTENCES, num_beams=3, max_length=6, batch_size=8) == [
+        {"translation_text": text} for text in short]
+    assert short != expected, "max_length=6 should cut these translations"
     with pytest.raises(TypeError, match="a string or a list of strings"):
         translator(42)
 
