@@ -176,7 +176,8 @@ class HubHandler(BaseHTTPRequestHandler):
             if oid not in self.server.lfs_objects:
                 raise HubError(404, f"LFS object {oid} was not uploaded")
             return 200, {"success": True}, None
-        match = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree|branch)/([^/]+)(/.*)?)?", path)
+        actions = "preupload|commit|revision|tree|branch"
+        match = re.fullmatch(rf"/api/models/([^/]+/[^/]+)(?:/({actions})/([^/]+)(/.*)?)?", path)
         if match:
             repo_id, action, revision, rest = match.groups()
             return self.api(method, repo_id, action, revision, (rest or "").lstrip("/"), query, body)
@@ -207,9 +208,8 @@ class HubHandler(BaseHTTPRequestHandler):
         self.require_write()
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         url = f"{self.server.endpoint}/{repo_id}"
-        if repo_id in self.server.repos:
-            raise_conflict = {"error": "You already created this model repo", "url": url}
-            return 409, raise_conflict, None
+        if repo_id in self.server.repos:  # the client reads the url from this answer too
+            return 409, {"error": "You already created this model repo", "url": url}, None
         private = payload.get("private") or payload.get("visibility") == "private"
         repo = self.server.repos[repo_id] = Repo(private=bool(private))
         attributes = "\n".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text" for suffix in LFS_SUFFIXES).encode()
@@ -299,7 +299,8 @@ class HubHandler(BaseHTTPRequestHandler):
         repo.messages[commit_id] = header.get("summary", "")
         repo.branches[unquote(revision)] = commit_id
         url = f"{self.server.endpoint}/{repo_id}/commit/{commit_id}"
-        return 200, {"success": True, "commitOid": commit_id, "commitUrl": url, "commitMessage": header.get("summary")}, None
+        answer = {"success": True, "commitOid": commit_id, "commitUrl": url, "commitMessage": header.get("summary")}
+        return 200, answer, None
 
     def create_branch(self, repo_id: str, branch: str, payload: dict):
         self.require_write()
