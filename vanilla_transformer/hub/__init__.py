@@ -1,1 +1,1 @@
-"""Everything that takes a trained model to the Hub: the model card."""
+"""Taking a trained model to the Hub: the model card, a portable model folder, and push."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "hub_card.md"
+TEMPLATE = Path(__file__).with_name("hub_card.md")  # a link to the repo root's hub_card.md
 LANGUAGE_NAMES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech", "ru": "Russian"}
 EXAMPLES = {"de": "Ein Mann fährt mit dem Fahrrad durch die Stadt.", "en": "A man rides his bike through the city."}
 
