@@ -6,7 +6,6 @@ from pathlib import Path
 from huggingface_hub import CommitInfo, HfApi
 
 from .card import render_card
-from .export import make_portable
 
 # What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.
 UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
@@ -14,7 +13,7 @@ UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generat
 
 
 def model_folder(run_dir: Path) -> Path:
-    """The run's model/ folder, refused unless it holds safetensors weights."""
+    """The run's model/ folder (made portable by the run itself), refused unless it holds safetensors weights."""
     model_dir = run_dir / "model"
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no model/ folder; push takes the folder of a finished training run")
@@ -44,7 +43,6 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
     """
     run_dir = Path(run_dir)
     model_dir = model_folder(run_dir)
-    make_portable(model_dir)
     render_card(run_dir, repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
