@@ -59,14 +59,17 @@ def step_seconds(model, batches, autocast: bool, repeats: int) -> float:
     return median_seconds(step, repeats, warmup=1)
 
 
+def random_pairs(vocab: int, batch: int, length: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """count (source, labels) batches of random non-special token ids, the same in every run."""
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randint(4, vocab, (batch, length), generator=generator),
+             torch.randint(4, vocab, (batch, length), generator=generator)) for _ in range(count)]
+
+
 def training_rss_mb(which: str, shape: str, batch: int, length: int) -> float:
     """Peak RSS of a process that builds one model and trains it 3 steps (fp32): run in a fresh interpreter."""
     model = our_model(shape) if which == "ours" else marian_model(shape)
-    generator = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    batches = [(torch.randint(4, vocab, (batch, length), generator=generator),
-                torch.randint(4, vocab, (batch, length), generator=generator))]
-    step_seconds(model, batches, autocast=False, repeats=2)
+    step_seconds(model, random_pairs(model.config.vocab_size, batch, length, 1), autocast=False, repeats=2)
     return peak_rss_mb()
 
 
@@ -117,10 +120,7 @@ def main() -> None:
         results["peak_matmul_gflops"]["bf16"] = round(matmul_peak_flops(torch.bfloat16) / 1e9, 1)
     for shape in args.shapes:
         marian, ours = marian_and_ours(shape)
-        generator = torch.Generator().manual_seed(0)
-        vocab = ours.config.vocab_size
-        batches = [(torch.randint(4, vocab, (args.batch, args.length), generator=generator),
-                    torch.randint(4, vocab, (args.batch, args.length), generator=generator)) for _ in range(3)]
+        batches = random_pairs(ours.config.vocab_size, args.batch, args.length, 3)
         tokens = args.batch * args.length
         flops = training_flops_per_step(ours.config, args.batch, args.length, args.length)
         for precision in ["fp32"] + (["bf16"] if args.bf16 else []):
