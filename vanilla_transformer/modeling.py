@@ -270,7 +270,8 @@ class TransformerStack(nn.Module):
                 f"sequence of {length} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
         positions = torch.arange(past_length, length, device=inputs_embeds.device)
-        x = inputs_embeds * self.embed_scale + self.embed_positions(positions)
+        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
+        x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
         return F.dropout(x, self.config.dropout, self.training)
 
     def run_layer(self, layer, *args):
