@@ -9,7 +9,7 @@ from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.modeling import CACHE_FIELD, sinusoidal_table
+from vanilla_transformer.modeling import CACHE_FIELD, LabelSmoothedCrossEntropy, sinusoidal_table
 
 # The model's variants: the paper's (post-norm, sinusoidal) and the options people switch on.
 VARIANTS = {
@@ -171,6 +171,27 @@ def test_label_smoothed_loss_matches_torch_and_ignores_padding():
     assert F.cross_entropy(changed.reshape(-1, 99), labels.reshape(-1), label_smoothing=0.1).item() == pytest.approx(
         out.loss.item()
     )
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_matches_torch_cross_entropy_in_value_and_gradient(epsilon, dtype):
+    # 40,000 classes make 52 rows per chunk, so 130 rows span three chunks, the last one short.
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(130, 40_000)).to(dtype)
+    labels = torch.randint(0, 40_000, (130,))
+    labels[::7] = -100
+    ours = logits.clone().requires_grad_()
+    reference = logits.double().requires_grad_()  # torch's own loss, in float64
+    loss = LabelSmoothedCrossEntropy.apply(ours, labels, epsilon)
+    expected = F.cross_entropy(reference, labels, label_smoothing=epsilon, reduction="sum")
+    (2 * loss).backward()
+    (2 * expected).backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=0)
+    assert ours.grad.dtype == dtype
+    assert ours.grad[::7].abs().max() == 0  # ignored rows get no gradient
+    rtol = 1e-5 if dtype == torch.float32 else 2**-8  # bf16 keeps 8 significant bits of the fp32 gradient
+    torch.testing.assert_close(ours.grad.double(), reference.grad, rtol=rtol, atol=1e-6)
 
 
 @pytest.mark.parametrize("d_model", [4, 32, 512])

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -35,6 +36,54 @@ def sinusoidal_table(num_positions: int, d_model: int, layout: str = "interleave
     table[:, 0::2] = angles.sin()
     table[:, 1::2] = angles.cos()
     return table.float()
+
+
+class LabelSmoothedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy against the smoothed target (1 - eps) * one-hot + eps / V; labels of -100 count nothing.
+
+    It equals F.cross_entropy(logits.float(), labels, label_smoothing=eps, reduction="sum"). The gradient,
+    softmax(logits) - target, is written in one pass per chunk of rows, in fp32 whatever the logits' dtype, so
+    neither the log-probabilities nor an fp32 copy of bf16 logits is ever held whole (benchmarks/bench_loss.py).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+        valid = labels != -100
+        target = labels.masked_fill(~valid, 0)
+        log_normalizer = logits.new_empty(len(logits), dtype=torch.float32)
+        losses = torch.empty_like(log_normalizer)
+        for rows in row_chunks(logits):
+            z = logits[rows].float()
+            log_normalizer[rows] = z.logsumexp(-1)
+            # -sum_k q_k log p_k = logsumexp(z) - (1 - eps) z_y - eps mean_k(z_k)
+            z_target = z.gather(1, target[rows, None]).squeeze(1)
+            losses[rows] = log_normalizer[rows] - (1 - epsilon) * z_target - epsilon * z.mean(-1)
+        ctx.save_for_backward(logits, log_normalizer, target, valid)
+        ctx.epsilon = epsilon
+        return losses.masked_fill(~valid, 0).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, log_normalizer, target, valid = ctx.saved_tensors
+        epsilon, vocab = ctx.epsilon, logits.shape[-1]
+        weight = (grad_loss * valid).float()[:, None]
+        grad = torch.empty_like(logits)
+        for rows in row_chunks(logits):
+            # Computed in place in fp32 gradients; through an fp32 copy of the chunk for bf16 ones.
+            g = grad[rows].copy_(logits[rows]) if grad.dtype == torch.float32 else logits[rows].float()
+            g.sub_(log_normalizer[rows, None]).exp_().sub_(epsilon / vocab)  # softmax - eps / V
+            g.scatter_add_(1, target[rows, None], g.new_full((len(g), 1), epsilon - 1))  # - (1 - eps) at the label
+            g.mul_(weight[rows])
+            if g.data_ptr() != grad[rows].data_ptr():
+                grad[rows] = g
+        return grad, None, None
+
+
+def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
+    """Slices of rows holding about `elements` values (8 MB in fp32): small enough to stay in the CPU's cache."""
+    step = max(1, elements // logits.shape[-1])
+    return [slice(start, start + step) for start in range(0, len(logits), step)]
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -598,12 +647,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         loss = None
         if labels is not None:
             # Label smoothing of value 0.1: "This hurts perplexity ... but improves accuracy and BLEU" (Section 5.4).
-            loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                label_smoothing=self.config.label_smoothing, reduction="sum" if num_items_in_batch else "mean",
-            )
-            if num_items_in_batch:
-                loss = loss / num_items_in_batch
+            loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.config.label_smoothing)
+            loss = loss / (num_items_in_batch or (labels != -100).sum())
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
