@@ -70,13 +70,14 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         weight = (grad_loss * valid).float()[:, None]
         grad = torch.empty_like(logits)
         for rows in row_chunks(logits):
-            # Computed in place in fp32 gradients; through an fp32 copy of the chunk for bf16 ones.
-            g = grad[rows].copy_(logits[rows]) if grad.dtype == torch.float32 else logits[rows].float()
+            # Computed in place in an fp32 gradient; through an fp32 copy of the chunk for a bf16 one.
+            out = grad[rows]
+            g = out.copy_(logits[rows]) if out.dtype == torch.float32 else logits[rows].float()
             g.sub_(log_normalizer[rows, None]).exp_().sub_(epsilon / vocab)  # softmax - eps / V
             g.scatter_add_(1, target[rows, None], g.new_full((len(g), 1), epsilon - 1))  # - (1 - eps) at the label
             g.mul_(weight[rows])
-            if g.data_ptr() != grad[rows].data_ptr():
-                grad[rows] = g
+            if g is not out:
+                out.copy_(g)
         return grad, None, None
 
 
