@@ -1,7 +1,8 @@
 """Translation speed of a trained model on Multi30k test2016: sentences/s with beam 4 and greedy, and their BLEU,
 with the weights loaded in fp32 and in bf16 (from_pretrained(..., dtype=torch.bfloat16)).
 
-Prints one JSON object. Usage: python benchmarks/bench_evaluate.py [MODEL_DIR] [--data ../shared/data] [--dtypes fp32 bf16]
+Prints one JSON object.
+Usage: python benchmarks/bench_evaluate.py [MODEL_DIR] [--data ../shared/data] [--dtypes fp32 bf16]
 """
 
 import argparse
