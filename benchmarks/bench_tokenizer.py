@@ -1,7 +1,8 @@
 """Encoding speed: our joint BPE (tokenizers) vs sentencepiece BPE, same data, same vocabulary size, same run.
 
 Also measures the `tokenizers` library's floor on the same lines: a word-level tokenizer that only splits on
-whitespace and looks words up, the least work the library can do per sentence. Prints one JSON object. Usage: python benchmarks/bench_tokenizer.py [--data ../shared/data] [--vocab-size 10000]
+whitespace and looks words up, the least work the library can do per sentence. Prints one JSON object.
+Usage: python benchmarks/bench_tokenizer.py [--data ../shared/data] [--vocab-size 10000]
 """
 
 import argparse
