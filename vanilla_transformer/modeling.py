@@ -151,7 +151,7 @@ class MultiHeadAttention(nn.Module):
 
     def prefers_eager(self, query: torch.Tensor) -> bool:
         # On CPU, SDPA's bfloat16 kernel (its backward above all) is 3-6x slower than matmul-softmax-matmul at
-        # sentence lengths (benchmarks/bench_attention.py), so bf16 autocast takes the plain path.
+        # sentence lengths (benchmarks/bench_attention.py), so bf16 (autocast or bf16 weights) takes the plain path.
         return self.config._attn_implementation == "sdpa" and query.dtype == torch.bfloat16 and query.is_cpu
 
     def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
