@@ -9,7 +9,7 @@ from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.modeling import CACHE_FIELD, LabelSmoothedCrossEntropy, sinusoidal_table
+from vanilla_transformer.modeling import CACHE_FIELD, LabelSmoothedCrossEntropy, MultiHeadAttention, sinusoidal_table
 
 # The model's variants: the paper's (post-norm, sinusoidal) and the options people switch on.
 VARIANTS = {
@@ -109,10 +109,31 @@ def test_bf16_autocast_takes_the_plain_attention_and_stays_close_to_fp32():
     with torch.no_grad():
         fp32 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert model.model.encoder.layers[0].self_attn.prefers_eager(torch.zeros(1, dtype=torch.bfloat16))
+            assert model.model.encoder.layers[0].self_attn.prefers_eager(torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
             bf16 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
+
+
+def test_cpu_attention_path_follows_the_measured_crossings():
+    """SDPA where benchmarks/bench_attention.py finds it faster on CPU, the plain path elsewhere."""
+    attention = tiny_model().model.decoder.layers[0].self_attn
+    query = lambda batch, length, dtype=torch.float32: torch.zeros(batch, 4, length, 8, dtype=dtype)  # noqa: E731
+    assert not attention.prefers_eager(query(128, 32))  # fp32 training and encoding
+    assert not attention.prefers_eager(query(8, 1))  # fp32, a few sequences decoding
+    assert attention.prefers_eager(query(64, 1))  # fp32, many sequences or beams decoding
+    assert attention.prefers_eager(query(128, 32, torch.bfloat16))
+    assert not attention.prefers_eager(query(1, 1, torch.bfloat16))  # bf16, one sequence decoding
+    attention.config._attn_implementation = "eager"
+    assert not attention.prefers_eager(query(64, 1))  # nothing to prefer: it is eager already
+
+
+def test_decoding_many_beams_through_the_plain_path_gives_sdpa_tokens(monkeypatch):
+    model = tiny_model()
+    src, mask, _ = padded_batch([4, 7, 2, 6, 5])
+    plain = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10)  # 20 beams: the plain path
+    monkeypatch.setattr(MultiHeadAttention, "prefers_eager", lambda self, query: False)
+    assert torch.equal(model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10), plain)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -150,9 +150,17 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
     def prefers_eager(self, query: torch.Tensor) -> bool:
-        # On CPU, SDPA's bfloat16 kernel (its backward above all) is 3-6x slower than matmul-softmax-matmul at
-        # sentence lengths (benchmarks/bench_attention.py), so bf16 (autocast or bf16 weights) takes the plain path.
-        return self.config._attn_implementation == "sdpa" and query.dtype == torch.bfloat16 and query.is_cpu
+        """Whether plain matmul-softmax-matmul beats SDPA here, as measured on CPU (benchmarks/bench_attention.py)."""
+        if self.config._attn_implementation != "sdpa" or not query.is_cpu:
+            return False
+        batch, _, query_length, _ = query.shape
+        if query.dtype == torch.bfloat16:
+            # SDPA's bf16 kernel is 4x slower in training and 1.3-7x slower decoding 8 to 256 sequences; only a
+            # few sequences decoding one token at a time go faster through it, where its lower overhead counts.
+            return batch * query_length > 4
+        # fp32: SDPA wins on whole sequences (training, the encoder), but one new token per sequence, as in
+        # decoding, goes 1.2-1.8x faster through plain matmuls from 16 sequences (or beams) on.
+        return query_length == 1 and batch >= 16
 
     def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
