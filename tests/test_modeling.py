@@ -118,7 +118,10 @@ def test_bf16_autocast_takes_the_plain_attention_and_stays_close_to_fp32():
 def test_cpu_attention_path_follows_the_measured_crossings():
     """SDPA where benchmarks/bench_attention.py finds it faster on CPU, the plain path elsewhere."""
     attention = tiny_model().model.decoder.layers[0].self_attn
-    query = lambda batch, length, dtype=torch.float32: torch.zeros(batch, 4, length, 8, dtype=dtype)  # noqa: E731
+
+    def query(batch, length, dtype=torch.float32):
+        return torch.zeros(batch, 4, length, 8, dtype=dtype)
+
     assert not attention.prefers_eager(query(128, 32))  # fp32 training and encoding
     assert not attention.prefers_eager(query(8, 1))  # fp32, a few sequences decoding
     assert attention.prefers_eager(query(64, 1))  # fp32, many sequences or beams decoding
