@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_batch, tiny_model
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.modeling import CACHE_FIELD, LabelSmoothedCrossEntropy, MultiHeadAttention, sinusoidal_table
@@ -91,6 +91,36 @@ def test_incremental_decoding_with_cache_equals_full_forward(variant):
     rest = model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, 4:],
                  cache=getattr(first, CACHE_FIELD), use_cache=True)
     torch.testing.assert_close(torch.cat([first.logits, rest.logits], dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_static_cache_decodes_step_by_step_as_the_full_forward_does():
+    """A preallocated cache (for torch.compile): its unwritten slots must stay hidden, padding in the target too."""
+    model = tiny_model()
+    src, mask, _ = padded_batch([5, 8, 2])
+    tgt = random_batch(3, 9, seed=3)
+    tgt_mask = torch.ones_like(tgt)
+    tgt_mask[0, 2] = 0
+    full = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt, decoder_attention_mask=tgt_mask).logits
+
+    encoder_outputs = model.get_encoder()(src, mask)
+    cache = EncoderDecoderCache(StaticCache(config=model.config, max_cache_len=16),
+                                StaticCache(config=model.config, max_cache_len=src.shape[1]))
+    steps = [model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, :4],
+                   decoder_attention_mask=tgt_mask[:, :4], cache=cache, use_cache=True).logits]
+    for t in range(4, tgt.shape[1]):
+        steps.append(model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=tgt[:, t : t + 1],
+                           decoder_attention_mask=tgt_mask[:, : t + 1], cache=cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_with_a_static_cache_gives_the_same_tokens(num_beams):
+    model = tiny_model()
+    src, mask, _ = padded_batch([4, 7, 2, 6])
+    dynamic = model.generate(src, attention_mask=mask, num_beams=num_beams, max_new_tokens=12)
+    static = model.generate(src, attention_mask=mask, num_beams=num_beams, max_new_tokens=12,
+                            cache_implementation="static")
+    assert torch.equal(static, dynamic)
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])

@@ -107,6 +107,13 @@ def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_
         raise ValueError(f"{name} contains id {bad}, outside the vocabulary of {vocab_size} tokens")
 
 
+def static_length(cache: EncoderDecoderCache | None) -> int | None:
+    """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
+    them all."""
+    layers = cache.self_attention_cache.layers if cache is not None else []
+    return getattr(layers[0], "max_cache_len", None) if layers else None
+
+
 class SinusoidalPositionalEncoding(nn.Module):
     """Fixed sinusoids that tell the model where each token is (Section 3.5); a buffer, never saved."""
 
@@ -175,6 +182,7 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
+        cache_position: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.is_cross_attention:
             (q,) = self.split_heads(self.q_proj(x), 1)
@@ -190,7 +198,8 @@ class MultiHeadAttention(nn.Module):
         else:
             q, k, v = self.split_heads(self.qkv_proj(x), 3)
             if cache is not None:
-                k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
+                # A static cache writes the new keys at cache_position (transformers 4.57 reads it, 5.x counts itself).
+                k, v = cache.self_attention_cache.update(k, v, self.layer_idx, {"cache_position": cache_position})
 
         # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
         # Both lookups are spelled out: each major version recognises its own before set_attn_implementation works.
@@ -289,9 +298,10 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = ResidualLayerNorm(config)
 
     def forward(self, x, memory, self_mask=None, is_causal=False, memory_mask=None, cache=None,
-                output_attentions=False):
+                output_attentions=False, cache_position=None):
         h, self_weights = self.self_attn(self.self_attn_layer_norm.sublayer_input(x), mask=self_mask,
-                                         is_causal=is_causal, cache=cache, output_attentions=output_attentions)
+                                         is_causal=is_causal, cache=cache, output_attentions=output_attentions,
+                                         cache_position=cache_position)
         x = self.self_attn_layer_norm.add(x, h)
         h, cross_weights = self.cross_attn(self.cross_attn_layer_norm.sublayer_input(x), memory=memory,
                                            mask=memory_mask, cache=cache, output_attentions=output_attentions)
@@ -316,18 +326,18 @@ class TransformerStack(nn.Module):
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
         self.gradient_checkpointing = False
 
-    def embed(self, input_ids, inputs_embeds, past_length: int = 0) -> torch.Tensor:
+    def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedded tokens at `positions` (0, 1, ... by default)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
             inputs_embeds = self.embed_tokens(input_ids)
-        length = past_length + inputs_embeds.shape[1]
-        if length > self.config.max_position_embeddings:
-            raise ValueError(
-                f"sequence of {length} tokens exceeds max_position_embeddings={self.config.max_position_embeddings}"
-            )
-        positions = torch.arange(past_length, length, device=inputs_embeds.device)
+        if positions is None:
+            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
         # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
         x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
         return F.dropout(x, self.config.dropout, self.training)
@@ -371,28 +381,30 @@ class TransformerDecoder(TransformerStack):
         super().__init__(config, embed_tokens)
         self.layers = nn.ModuleList(DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers))
 
-    def self_attention_mask(self, attention_mask, query_length: int, past_length: int, device):
+    def self_attention_mask(self, attention_mask, positions: torch.Tensor, past_length, static_length: int | None):
         """Where each decoder position may look: itself and what came before, minus padding.
 
-        Returns (mask, is_causal). Without padding the common cases need no tensor at all: SDPA's is_causal for a
-        full sequence, nothing for a single new token.
+        A static cache (generate(cache_implementation="static"), for torch.compile) shows the attention all its
+        static_length slots, and those not yet written lie in the future, masked like it. Returns (mask, is_causal).
+        Otherwise, without padding, the common cases need no tensor at all: SDPA's is_causal for a whole sequence,
+        nothing for a single new token.
         """
-        if attention_mask is None and past_length == 0 and query_length > 1:
-            return None, True
-        if attention_mask is None and query_length == 1:
-            return None, False
-        key_length = past_length + query_length
-        query_positions = torch.arange(past_length, key_length, device=device)[:, None]
-        key_positions = torch.arange(key_length, device=device)[None, :]
+        query_length = len(positions)
+        if attention_mask is None and static_length is None and (past_length == 0 or query_length == 1):
+            return None, query_length > 1
+        key_length = static_length or past_length + query_length
+        query_positions = positions[:, None]
+        key_positions = torch.arange(key_length, device=positions.device)[None, :]
         mask = (key_positions <= query_positions)[None, None]
         if attention_mask is not None:
-            if attention_mask.shape[1] != key_length:
+            if attention_mask.shape[1] != past_length + query_length:
                 raise ValueError(
-                    f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected {key_length} "
-                    f"(cached {past_length} + new {query_length})"
+                    f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected "
+                    f"{past_length + query_length} (cached {past_length} + new {query_length})"
                 )
+            padding = F.pad(attention_mask.bool(), (0, key_length - attention_mask.shape[1]), value=True)
             # A padded position still sees itself, so that no softmax row is empty.
-            mask = (mask & attention_mask[:, None, None, :].bool()) | (key_positions == query_positions)
+            mask = (mask & padding[:, None, None, :]) | (key_positions == query_positions)
         return mask, False
 
     def forward(self, input_ids=None, encoder_hidden_states=None, encoder_attention_mask=None, attention_mask=None,
@@ -401,16 +413,21 @@ class TransformerDecoder(TransformerStack):
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         if cache is not None and not isinstance(cache, EncoderDecoderCache):
             raise TypeError(f"the decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}")
+        # An int, or a tensor for a static cache, which keeps its length on the device.
         past_length = cache.get_seq_length() if cache is not None else 0
-        x = self.embed(input_ids, inputs_embeds, past_length)
-        self_mask, is_causal = self.self_attention_mask(attention_mask, x.shape[1], past_length, x.device)
+        query_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        device = self.embed_tokens.weight.device
+        positions = past_length + torch.arange(query_length, device=device)
+        x = self.embed(input_ids, inputs_embeds, positions)
+        self_mask, is_causal = self.self_attention_mask(attention_mask, positions, past_length, static_length(cache))
         memory_mask = encoder_attention_mask[:, None, None, :].bool() if encoder_attention_mask is not None else None
 
         hidden_states, self_attentions, cross_attentions = [], [], []
         for layer in self.layers:
             hidden_states.append(x)
             x, self_weights, cross_weights = self.run_layer(
-                layer, x, encoder_hidden_states, self_mask, is_causal, memory_mask, cache, bool(output_attentions)
+                layer, x, encoder_hidden_states, self_mask, is_causal, memory_mask, cache, bool(output_attentions),
+                positions,
             )
             self_attentions.append(self_weights)
             cross_attentions.append(cross_weights)
@@ -670,6 +687,11 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        """generate()'s hook for compilable (static) caches: the decoder builds its masks itself, from the 2-D
+        padding mask and the cache, so the mask passes through unchanged."""
+        return attention_mask
 
     def _reorder_cache(self, cache: EncoderDecoderCache, beam_idx: torch.Tensor) -> EncoderDecoderCache:
         """Beam search's reordering hook: the decoder's keys and values follow their beams.
