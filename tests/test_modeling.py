@@ -9,7 +9,13 @@ from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.modeling import CACHE_FIELD, LabelSmoothedCrossEntropy, MultiHeadAttention, sinusoidal_table
+from vanilla_transformer.modeling import (
+    CACHE_FIELD,
+    LabelSmoothedCrossEntropy,
+    MultiHeadAttention,
+    apply_dropout,
+    sinusoidal_table,
+)
 
 # The model's variants: the paper's (post-norm, sinusoidal) and the options people switch on.
 VARIANTS = {
@@ -225,6 +231,23 @@ def test_label_smoothed_loss_matches_torch_and_ignores_padding():
     assert F.cross_entropy(changed.reshape(-1, 99), labels.reshape(-1), label_smoothing=0.1).item() == pytest.approx(
         out.loss.item()
     )
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_keeps_one_minus_p_of_every_lane_and_scales_what_it_keeps(p):
+    """Each 64-bit draw masks four neighbours: each of the four must be kept with probability 1 - p on its own."""
+    x = (torch.rand(1_000_000, generator=torch.Generator().manual_seed(0)) + 1).requires_grad_()
+    torch.manual_seed(0)
+    out = apply_dropout(x, p, training=True)
+    kept = out != 0
+    lanes = kept.view(-1, 4).double().mean(0)
+    assert (lanes - (1 - p)).abs().max() < 0.003  # 4 standard deviations of 250,000 draws
+    torch.testing.assert_close(out[kept], x[kept] / (1 - p))
+    out.backward(torch.full_like(x, 2.0))
+    torch.testing.assert_close(x.grad, kept * 2.0 / (1 - p))
+    torch.manual_seed(0)
+    assert torch.equal(apply_dropout(x, p, training=True) != 0, kept)  # the seed decides the mask
+    assert apply_dropout(x, p, training=False) is x
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])
