@@ -1,4 +1,5 @@
-"""Dropout alone: the model's Dropout (four 16-bit numbers per 64-bit random draw) vs F.dropout, forward + backward.
+"""Dropout alone, forward + backward: the model's InvertedDropout (four 16-bit numbers per 64-bit random draw)
+vs F.dropout.
 
 One base-shape activation (128 x 32 tokens x 512), p = 0.1, fp32 and bf16 (as under bf16 autocast). Also reports the
 kept fraction, which should be 1 - p. Prints one JSON object.
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds
 
-from vanilla_transformer.modeling import Dropout
+from vanilla_transformer.modeling import InvertedDropout
 
 
 def main() -> None:
@@ -22,7 +23,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
-    kernels = {"ours": lambda x: Dropout.apply(x, args.p), "torch_dropout": lambda x: F.dropout(x, args.p, True)}
+    kernels = {
+        "ours": lambda x: InvertedDropout.apply(x, args.p),
+        "torch_dropout": lambda x: F.dropout(x, args.p, True),
+    }
     results = {"shape": args.shape, "p": args.p, "machine": machine(), "ms": {}}
     for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         activation = torch.randn(args.shape, dtype=dtype)

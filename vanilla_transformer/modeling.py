@@ -81,12 +81,12 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
-class Dropout(torch.autograd.Function):
+class InvertedDropout(torch.autograd.Function):
     """Inverted dropout whose mask costs a quarter of the random draws: each 64-bit draw gives four 16-bit numbers.
 
     An element is kept when its number is at least round(p * 65536) - 32768, so with probability 1 - p rounded to
     1/65536 (0.9 for p = 0.1 to within 6e-6), and scaled by 1 / (1 - p). bernoulli_, inside F.dropout, draws one
-    number per element: on CPU that makes dropout 2.3x slower forward + backward (benchmarks/bench_dropout.py).
+    number per element: on CPU that makes dropout about 2x slower forward + backward (benchmarks/bench_dropout.py).
     """
 
     @staticmethod
@@ -95,21 +95,21 @@ class Dropout(torch.autograd.Function):
         keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= round(p * 65536) - 32768
         ctx.save_for_backward(keep)
         ctx.scale = 1 / (1 - p)
-        return x.mul(keep).mul_(ctx.scale)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None
 
 
 def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout, with Dropout's cheaper mask when training on CPU (elsewhere torch's own kernels are fused)."""
+    """F.dropout, with InvertedDropout's cheaper mask when training on CPU (elsewhere torch's kernels are fused)."""
     if not training or p == 0:
         return x
     if x.is_cpu and p < 1 and not torch.compiler.is_compiling():
-        return Dropout.apply(x, p)
+        return InvertedDropout.apply(x, p)
     return F.dropout(x, p, training)
 
 
@@ -432,7 +432,7 @@ class TransformerDecoder(TransformerStack):
             if attention_mask.shape[1] != past_length + query_length:
                 raise ValueError(
                     f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected "
-                    f"{past_length + query_length} (cached {past_length} + new {query_length})"
+                    f"{int(past_length) + query_length} (cached {int(past_length)} + new {query_length})"
                 )
             padding = F.pad(attention_mask.bool(), (0, key_length - attention_mask.shape[1]), value=True)
             # A padded position still sees itself, so that no softmax row is empty.
