@@ -250,3 +250,46 @@ def test_the_built_in_translation_pipeline_of_transformers_4_works_too(run_dir):
     builtin = transformers.TranslationPipeline(model=model, tokenizer=tokenizer)
     expected = local_translations(run_dir / "model", num_beams=4, max_new_tokens=20)
     assert builtin(SENTENCES, num_beams=4, max_new_tokens=20) == [{"translation_text": text} for text in expected]
+
+
+def test_push_private_to_an_existing_public_repo_is_refused(hub, run_dir, tmp_path):
+    # Defect 6: create_repo(exist_ok=True) kept the repo public, and the upload went out with exit status 0.
+    assert push(hub, tmp_path, run_dir).returncode == 0
+    head = hub.repos[REPO_ID].branches["main"]
+    private = push(hub, tmp_path, run_dir, "--private")
+    assert private.returncode != 0 and "already exists and is public" in private.stderr
+    assert "Traceback" not in private.stderr
+    assert not hub.repos[REPO_ID].private and hub.repos[REPO_ID].branches["main"] == head
+
+
+def test_translation_pipeline_takes_what_transformers_users_pass(run_dir):
+    # Defect 8: num_return_sequences lost results, truncation did nothing, src_lang/tgt_lang raised, [] raised
+    # IndexError, and the task name translation_de_to_en raised KeyError.
+    translator = pipeline("translation_de_to_en", model=str(run_dir / "model"), trust_remote_code=True)
+    two = translator(SENTENCES[:2], num_beams=3, num_return_sequences=2, max_new_tokens=10)
+    assert [len(options) for options in two] == [2, 2]
+    assert all(set(option) == {"translation_text"} for options in two for option in options)
+    assert translator(SENTENCES[0], num_beams=3, num_return_sequences=2, max_new_tokens=10) == two[0]
+    assert translator([]) == []
+    assert translator(SENTENCES[:1], src_lang="de", tgt_lang="en", max_new_tokens=5) == translator(
+        SENTENCES[:1], max_new_tokens=5)
+    with pytest.raises(ValueError, match="src_lang='fr', but this model translates de to en"):
+        translator(SENTENCES[:1], src_lang="fr")
+    positions = AutoModelForSeq2SeqLM.from_pretrained(run_dir / "model").config.max_position_embeddings
+    too_long = " ".join(["Hund"] * positions)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        translator(too_long, max_new_tokens=5)
+    assert translator(too_long, truncation=True, max_new_tokens=5)[0]["translation_text"]
+
+
+def test_model_card_takes_language_codes_with_hyphens(run_dir, tmp_path):
+    # Defect 10: "pt-BR" broke the card at the end of training, before log.csv and curves.png were written.
+    from vanilla_transformer.hub.card import render_card
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["data"]["src"] = "pt-BR"
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    card = render_card(run)
+    assert card.data.language == ["pt-BR", "en"] and "pt-BR→en" in card.text

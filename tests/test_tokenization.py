@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokenizerFast
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerTokenizer, train_tokenizer
 from vanilla_transformer.corpus import CorpusError, read_lines
@@ -143,3 +143,16 @@ def test_bad_input_is_refused_with_file_and_line(tmp_path):
         train_tokenizer(texts=["hallo welt"], vocab_size=100)
     with pytest.raises(ValueError, match="model must be 'bpe' or 'unigram'"):
         train_tokenizer(texts=["hallo welt"], vocab_size=1000, model="wordpiece")
+
+
+def test_special_token_strings_in_text_are_text(tokenizer, tmp_path):
+    # Defect 9: "<s>" (an HTML tag in web-crawled text) became the control token and vanished on decode.
+    line = "Ein <s>Hund</s> <pad> und <unk>: </s><s>"
+    ids = tokenizer(line)["input_ids"]
+    assert ids.count(tokenizer.eos_token_id) == 1 and ids[-1] == tokenizer.eos_token_id
+    assert not {tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id} & set(ids)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == line
+    tokenizer.save_pretrained(tmp_path)
+    for loaded in (AutoTokenizer.from_pretrained(tmp_path),
+                   PreTrainedTokenizerFast.from_pretrained(tmp_path)):  # what a Hub user without the package gets
+        assert loaded(line)["input_ids"] == ids

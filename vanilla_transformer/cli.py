@@ -80,13 +80,17 @@ def train(args: argparse.Namespace) -> None:
 
 def average(args: argparse.Namespace) -> None:
     """Average the weights of several checkpoints into one model folder."""
-    from .training.average import average_checkpoints, last_checkpoints
+    from .training.average import average_checkpoints
+    from .training.checkpoints import last_checkpoints
 
     checkpoints = args.checkpoints
     if args.last:
         if len(checkpoints) != 1:
             raise SystemExit("--last N takes one run folder")
         checkpoints = last_checkpoints(checkpoints[0], args.last)
+        if len(checkpoints) < args.last:
+            raise SystemExit(f"--last {args.last}: {args.checkpoints[0]} holds only {len(checkpoints)} complete "
+                             "checkpoint(s)")
     average_checkpoints(checkpoints, args.out)
     print(f"averaged {len(checkpoints)} checkpoints into {args.out}: {', '.join(str(c) for c in checkpoints)}")
 
@@ -96,14 +100,16 @@ def load_model(folder: str):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from . import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
+    from .hub.source import model_source
 
+    folder = model_source(folder)
     return AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
     """Translate a test set and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
     from .corpus import read_lines
-    from .evaluation import score, translate
+    from .evaluation import decoding_settings, score, translate
 
     model, tokenizer = load_model(args.model)
     data = Path(args.data)
@@ -112,8 +118,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     if len(sources) != len(references):
         raise SystemExit(f"{args.split}.{args.src} has {len(sources)} lines, {args.split}.{args.tgt} {len(references)}")
     start = time.perf_counter()
-    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, num_beams=args.num_beams,
-                           length_penalty=args.length_penalty)
+    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size,
+                           **decoding_settings(args.num_beams, args.length_penalty))
     seconds = time.perf_counter() - start
     report = {"model": args.model, "data": str(data), "split": args.split, "direction": f"{args.src}-{args.tgt}",
               "sentences": len(sources), "num_beams": args.num_beams, "length_penalty": args.length_penalty,
@@ -131,25 +137,39 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
 
 def translate_command(args: argparse.Namespace) -> None:
-    """Translate the given sentences, or standard input line by line, in batches."""
+    """Translate the given sentences, or standard input line by line in batches: one output line per input line.
+
+    A line that is not UTF-8 is reported on stderr with its number and gives an empty output line; the others are
+    translated, and the command exits with status 1 at the end.
+    """
     import sys
 
-    from .evaluation import translate
+    from .corpus import CorpusError, decode_line
+    from .evaluation import decoding_settings, translate
 
     model, tokenizer = load_model(args.model)
-    settings = dict(batch_size=args.batch_size, num_beams=args.num_beams, progress=False)
+    settings = dict(batch_size=args.batch_size, progress=False, **decoding_settings(args.num_beams, args.length_penalty))
     if args.text:
         for line in translate(model, tokenizer, args.text, **settings):
             print(line)
         return
-    batch = []
-    for line in sys.stdin:
-        batch.append(line.rstrip("\n"))
+    undecodable = []
+    batch, first_line = [], 1
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            batch.append(decode_line(raw, f"stdin line {number}"))
+        except CorpusError as error:
+            print(f"vanilla-transformer translate: error: {error}; its output line is empty", file=sys.stderr)
+            undecodable.append(number)
+            batch.append("")
         if len(batch) == args.batch_size:
-            print("\n".join(translate(model, tokenizer, batch, **settings)), flush=True)
-            batch = []
+            print("\n".join(translate(model, tokenizer, batch, first_line=first_line, **settings)), flush=True)
+            batch, first_line = [], number + 1
     if batch:
-        print("\n".join(translate(model, tokenizer, batch, **settings)), flush=True)
+        print("\n".join(translate(model, tokenizer, batch, first_line=first_line, **settings)), flush=True)
+    if undecodable:
+        raise SystemExit(f"vanilla-transformer translate: {len(undecodable)} line(s) not valid UTF-8 "
+                         f"(line {', '.join(map(str, undecodable[:10]))}): left empty in the output")
 
 
 def push_command(args: argparse.Namespace) -> None:
@@ -236,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     translating.add_argument("model")
     translating.add_argument("text", nargs="*", help="sentences; none: read standard input line by line")
     translating.add_argument("--num-beams", type=int, default=4)
+    translating.add_argument("--length-penalty", type=float, default=0.6)
     translating.add_argument("--batch-size", type=int, default=32)
     translating.set_defaults(func=translate_command)
 

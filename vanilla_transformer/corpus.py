@@ -19,16 +19,21 @@ def read_lines(path: str | Path, allow_empty_lines: bool = False) -> list[str]:
     lines = []
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise CorpusError(
-                    f"{path}:{number}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
-                ) from None
-            line = line.removesuffix("\n").removesuffix("\r")
+            line = decode_line(raw, f"{path}:{number}")
             if not line.strip() and not allow_empty_lines:
                 raise CorpusError(f"{path}:{number}: empty line")
             lines.append(line)
     if not lines:
         raise CorpusError(f"{path}: the file is empty")
     return lines
+
+
+def decode_line(raw: bytes, where: str) -> str:
+    """A line of UTF-8 without its line ending (\n or \r\n); a CorpusError naming `where` and the column otherwise."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CorpusError(
+            f"{where}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
+        ) from None
+    return line.removesuffix("\n").removesuffix("\r")

@@ -1,5 +1,6 @@
 """Translating many sentences with generate(), and scoring them with sacreBLEU through `evaluate`."""
 
+import logging
 from pathlib import Path
 
 import evaluate
@@ -8,24 +9,44 @@ from tqdm.auto import tqdm
 
 METRIC_DIR = Path(__file__).parent / "training" / "sacrebleu_metric"
 
+logger = logging.getLogger(__name__)
+
 
 def load_bleu() -> evaluate.EvaluationModule:
     """sacreBLEU + chrF as an `evaluate` module loaded from the package (evaluate.load("sacrebleu") needs the Hub)."""
     return evaluate.load(str(METRIC_DIR))
 
 
+def decoding_settings(num_beams: int, length_penalty: float) -> dict:
+    """generate() settings for beam search, or for greedy decoding (num_beams=1) with the beam-only ones left at their
+    defaults: GenerationConfig refuses to save a length penalty or early stopping without beams."""
+    if num_beams > 1:
+        return {"num_beams": num_beams, "length_penalty": length_penalty, "early_stopping": True}
+    return {"num_beams": 1, "length_penalty": 1.0, "early_stopping": False}
+
+
 @torch.inference_mode()
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, progress: bool = True,
-              **generate_kwargs) -> list[str]:
-    """Translations in input order; sentences are batched by length so that little padding is computed."""
-    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]), reverse=True)
+              first_line: int = 1, **generate_kwargs) -> list[str]:
+    """Translations in input order, one per sentence; sentences are batched by length to compute little padding.
+
+    A blank sentence gives an empty translation (the model is not asked to invent one). A sentence longer than the
+    model's positions is cut to fit (keeping </s>), with a warning naming its line (first_line numbers the first).
+    """
+    limit = model.config.max_position_embeddings
+    encoded = tokenizer(sentences)["input_ids"] if sentences else []
+    for i, ids in enumerate(encoded):
+        if len(ids) > limit:
+            logger.warning("line %d: %d tokens, more than the model's %d positions: translating its first %d",
+                           first_line + i, len(ids), limit, limit - 1)
+            encoded[i] = ids[: limit - 1] + [tokenizer.eos_token_id]
+    order = sorted((i for i, text in enumerate(sentences) if text.strip()), key=lambda i: len(encoded[i]),
+                   reverse=True)
     translations = [""] * len(sentences)
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc="translating", disable=not progress, unit="batch"):
         indices = order[start : start + batch_size]
-        # Inputs beyond the model's positional range are truncated (keeping </s>) rather than refused.
-        batch = tokenizer([sentences[i] for i in indices], return_tensors="pt", padding=True, truncation=True,
-                          max_length=model.config.max_position_embeddings).to(model.device)
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
         output = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True)):
             translations[i] = text

@@ -1,8 +1,8 @@
 """A joint subword vocabulary for source and target, trained with the `tokenizers` library (Section 5.1).
 
 The subwords are learned over bytes (byte-level BPE), so encoding is lossless with no normalisation at all:
-decode(encode(s)) == s for any string, and a character never seen in training is spelled with byte tokens rather
-than lost to <unk>.
+decode(encode(s)) == s for any string, special-token strings such as "<s>" included, and a character never seen in
+training is spelled with byte tokens rather than lost to <unk>.
 """
 
 from collections.abc import Iterable
@@ -75,6 +75,9 @@ def train_tokenizer(
         tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
         # Byte-level decoding already restores every space; the default clean-up would remove real ones.
         clean_up_tokenization_spaces=False,
+        # "<s>" in a sentence (an HTML tag in web-crawled text) is text, not the control token: special tokens are
+        # added by id only, so decode(encode(text)) == text for every text.
+        split_special_tokens=True,
     )
 
 

@@ -4,6 +4,8 @@ Marian differs from the paper in ways that are config options here: swish or gel
 two halves of the positional table, and a fixed bias on the logits.
 """
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMT
 
 from ..configuration import ACTIVATIONS, VanillaTransformerConfig
 from ..hub.export import make_portable
+from ..hub.source import model_source
 from ..modeling import VanillaTransformerForConditionalGeneration
 
 
@@ -102,13 +105,34 @@ def convert_marian(marian: MarianMTModel) -> VanillaTransformerForConditionalGen
 
 
 def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> VanillaTransformerForConditionalGeneration:
-    """Convert a Marian model folder or Hub repo id into a model folder of ours, with Marian's tokenizer as it is."""
-    looks_like_path = str(source).startswith((".", "/", "~")) or str(source).count("/") > 1
-    if looks_like_path and not Path(source).expanduser().is_dir():
-        raise FileNotFoundError(f"{source}: no such model folder")
+    """Convert a Marian model folder or Hub repo id into a model folder of ours, with Marian's tokenizer as it is.
+
+    Everything is loaded and converted before anything is written, and the folder is written beside out_dir and
+    renamed into place, so a failure leaves no half-made out_dir.
+    """
+    source = model_source(source)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: exists and is not empty")
     marian = MarianMTModel.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError) as error:
+        raise FileNotFoundError(f"{source}: no usable tokenizer (Marian's source.spm, target.spm and vocab.json): "
+                                f"{type(error).__name__}: {error}") from None
+    if tokenizer is None or not callable(tokenizer):
+        raise FileNotFoundError(f"{source}: no tokenizer files (Marian's source.spm, target.spm and vocab.json)")
     model = convert_marian(marian)
-    model.save_pretrained(out_dir)
-    AutoTokenizer.from_pretrained(source).save_pretrained(out_dir)
-    make_portable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        make_portable(staging)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return model

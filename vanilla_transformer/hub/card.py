@@ -18,7 +18,7 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
     recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
     config = json.loads((run_dir / "model" / "config.json").read_text(encoding="utf-8"))
-    src, tgt = results["direction"].split("-")
+    src, tgt = recipe["data"]["src"], recipe["data"]["tgt"]  # language codes may hold hyphens (pt-BR)
     dataset = recipe["data"]["source"]
     test = results.get("test")
     eval_results = []

@@ -46,6 +46,10 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
     render_card(run_dir, repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
+    if private and not api.model_info(repo_id).private:
+        # create_repo(exist_ok=True) leaves an existing repo's visibility as it is: refuse rather than publish.
+        raise PermissionError(f"{repo_id} already exists and is public, so --private would not keep this upload "
+                              "private: make the repo private on the Hub first, or push without --private")
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision,

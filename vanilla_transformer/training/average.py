@@ -1,23 +1,24 @@
 """Checkpoint averaging: "we used a single model obtained by averaging the last 5 checkpoints" (Section 6.1)."""
 
-import re
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from ..modeling import VanillaTransformerForConditionalGeneration
-
-
-def last_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
-    """The newest `count` checkpoint-N folders of a run, oldest first."""
-    found = sorted(Path(run_dir).glob("checkpoint-*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    return found[-count:]
+from .checkpoints import CheckpointError, problem
 
 
 def average_checkpoints(checkpoints: list[str | Path], out_dir: str | Path) -> VanillaTransformerForConditionalGeneration:
-    """Save, in out_dir, a model whose every weight is the mean of the checkpoints' (config etc. from the last)."""
+    """Save, in out_dir, a model whose every weight is the mean of the checkpoints' (config etc. from the last).
+
+    Every checkpoint is checked before anything is read or written: an incomplete one is a CheckpointError naming it.
+    """
     if not checkpoints:
-        raise ValueError("no checkpoints to average")
+        raise CheckpointError("no checkpoints to average")
+    for path in checkpoints:
+        reason = problem(path)
+        if reason:
+            raise CheckpointError(f"cannot average {path}: {reason}")
     total, model = None, None
     for path in checkpoints:
         model = VanillaTransformerForConditionalGeneration.from_pretrained(path)
@@ -26,7 +27,7 @@ def average_checkpoints(checkpoints: list[str | Path], out_dir: str | Path) -> V
             total = {k: v.double().clone() for k, v in state.items()}
         else:
             if state.keys() != total.keys():
-                raise ValueError(f"{path}: its weights do not match those of {checkpoints[0]}")
+                raise CheckpointError(f"{path}: its weights do not match those of {checkpoints[0]}")
             for k, v in state.items():
                 total[k] += v.double()
     model.load_state_dict({k: (v / len(checkpoints)).to(model.state_dict()[k].dtype) for k, v in total.items()})

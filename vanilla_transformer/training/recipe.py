@@ -2,10 +2,21 @@
 
 import dataclasses
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TOKENIZER_MODELS = ("bpe", "unigram")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: what a Hub dataset id looks like
+
+
+class RecipeError(ValueError):
+    """A recipe value that cannot be used; the message names the key (e.g. training.max_tokens)."""
 
 
 @dataclass
@@ -82,12 +93,55 @@ class Recipe:
         return Path(self.output_dir or Path("runs") / self.name)
 
     def data_source(self) -> str:
-        """The data folder, resolved against VANILLA_TRANSFORMER_DATA; a Hub id is returned as it is."""
+        """The data folder, resolved against VANILLA_TRANSFORMER_DATA; a Hub id (owner/name) is returned as it is.
+
+        Anything else that is not a folder is an error here, rather than a Hub look-up that fails after a while.
+        """
         root = Path(os.environ.get("VANILLA_TRANSFORMER_DATA", "../shared/data"))
-        for candidate in (Path(self.data.source), root / self.data.source):
+        candidates = (Path(self.data.source), root / self.data.source)
+        for candidate in candidates:
             if candidate.is_dir():
                 return str(candidate)
-        return self.data.source
+        if HUB_ID.fullmatch(self.data.source) and not self.data.source.startswith("."):
+            return self.data.source
+        raise RecipeError(f"data.source={self.data.source!r}: no such folder (looked for {candidates[0]} and "
+                          f"{candidates[1]}; set VANILLA_TRANSFORMER_DATA), and not a Hub dataset id (owner/name)")
+
+    def check(self) -> None:
+        """Raise a RecipeError naming the first key whose value cannot work, before a run starts."""
+        t, g, d = self.training, self.generation, self.data
+        rules = [
+            ("training.precision", t.precision in PRECISIONS, f"one of {PRECISIONS}"),
+            ("tokenizer.model", self.tokenizer.model in TOKENIZER_MODELS, f"one of {TOKENIZER_MODELS}"),
+            ("tokenizer.vocab_size", self.tokenizer.vocab_size > 0, "a positive number"),
+            ("training.max_tokens", t.max_tokens > 0, "a positive number of tokens"),
+            ("training.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "at least 1"),
+            ("training.warmup_steps", t.warmup_steps >= 1, "at least 1"),
+            ("training.lr_scale", t.lr_scale > 0, "positive"),
+            ("training.epochs", t.epochs > 0, "positive"),
+            ("training.max_steps", t.max_steps == -1 or t.max_steps > 0, "positive, or -1 for epochs"),
+            ("training.logging_steps", t.logging_steps > 0, "positive"),
+            ("training.eval_steps", t.eval_steps > 0, "positive"),
+            ("training.save_steps", t.save_steps > 0, "positive"),
+            ("training.save_total_limit", t.save_total_limit >= 1, "at least 1"),
+            ("average_last", 0 <= self.average_last <= t.save_total_limit,
+             f"between 0 and training.save_total_limit ({t.save_total_limit}), the checkpoints kept"),
+            ("generation.num_beams", g.num_beams >= 1, "at least 1"),
+            ("generation.eval_batch_size", g.eval_batch_size >= 1, "at least 1"),
+            ("generation.max_length_offset", g.max_length_offset >= 0, "0 or more"),
+            ("data.max_length", d.max_length is None or 0 < d.max_length <= t.max_tokens,
+             f"positive and at most training.max_tokens ({t.max_tokens}), or null"),
+            ("data.max_ratio", d.max_ratio is None or d.max_ratio >= 1, "at least 1, or null"),
+        ]
+        for key, holds, expected in rules:
+            if not holds:
+                raise RecipeError(f"{key}={self.value(key)!r}: must be {expected}")
+
+    def value(self, key: str):
+        target = self
+        for part in key.split("."):
+            target = getattr(target, part)
+        return target
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,19 +161,40 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         for section in sections:
             target = target.setdefault(section, {})
         target[last] = yaml.safe_load(value)
-    return build(Recipe, raw, "recipe")
+    recipe = build(Recipe, raw, "recipe")
+    recipe.check()
+    return recipe
 
 
 def build(cls, values: dict, where: str):
-    """A dataclass from a dict, refusing unknown keys with the path of the key."""
+    """A dataclass from a dict, refusing unknown keys and values of the wrong type with the path of the key."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping of keys to values, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise RecipeError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = build(type(default), value, f"{where}.{name}")
-        kwargs[name] = value
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = checked(value, known[name].type, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def checked(value, annotation, where: str):
+    """value if it has the annotated type (an int is a float too; a bool is not an int), else a RecipeError."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for kind in kinds:
+        if kind is type(None) and value is None:
+            return value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if kind in (int, float) and isinstance(value, bool):
+            continue
+        if kind is not type(None) and isinstance(value, kind):
+            return value
+    names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
+    raise RecipeError(f"{where.removeprefix('recipe.')}={value!r}: expected {names}")

@@ -11,12 +11,13 @@ from accelerate import PartialState
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
-from ..evaluation import load_bleu, score, translate
+from ..evaluation import decoding_settings, load_bleu, score, translate
 from ..hub.card import render_card
 from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..tokenization import train_tokenizer
-from .average import average_checkpoints, last_checkpoints
+from .average import average_checkpoints
+from .checkpoints import last_checkpoints, resume_checkpoint
 from .data import clean, load_parallel, tokenize
 from .plots import plot_curves
 from .recipe import Recipe
@@ -55,9 +56,9 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
+        # No metric_for_best_model: the Trainer would then keep the best checkpoint past save_total_limit, and
+        # "the last N checkpoints" would no longer be the last N.
         save_total_limit=t.save_total_limit,
-        metric_for_best_model="bleu",
-        greater_is_better=True,
         predict_with_generate=True,
         generation_num_beams=g.num_beams,
         remove_unused_columns=not t.log_batches,
@@ -79,24 +80,28 @@ def prepare_tokenizer(recipe: Recipe, train_pairs, reuse_saved: bool):
     return tokenizer
 
 
+def earlier_run(run_dir: Path) -> list[Path]:
+    """What an earlier run left in the folder: checkpoints, batch logs, and its results."""
+    patterns = ["checkpoint-*", "batches-rank*.jsonl", "model", "tokenizer", "results.json", "log.csv", "curves.png",
+                "*.hyp.*"]
+    return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
+
+
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
     """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
 
-    A new run refuses a folder that holds checkpoints of an earlier one (they would be averaged with its own),
-    unless told to resume from them or to overwrite them.
+    A new run refuses a folder that holds an earlier one (its checkpoints would be averaged with the new ones, its
+    model published with the new recipe), unless told to resume it or to overwrite it. Overwriting deletes the
+    earlier run only once the recipe and its data have loaded, so a mistyped value or path loses nothing.
     """
+    recipe.check()
     run_dir = recipe.run_dir
-    earlier = sorted(run_dir.glob("checkpoint-*")) + sorted(run_dir.glob("batches-rank*.jsonl"))
-    if earlier and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{run_dir} holds an earlier run ({earlier[0].name}, ...): pass --resume to continue "
-                                  "it, --overwrite to replace it, or choose another --output-dir")
-        if PartialState().is_main_process:
-            for path in earlier:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        PartialState().wait_for_everyone()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
+    earlier = earlier_run(run_dir) if run_dir.is_dir() else []
+    if earlier and not resume and not overwrite:
+        raise FileExistsError(f"{run_dir} holds an earlier run ({earlier[0].name}, ...): pass --resume to continue "
+                              "it, --overwrite to replace it, or choose another --output-dir")
+    checkpoint = resume_checkpoint(run_dir) if resume else None
+    data_source = recipe.data_source()
     transformers.set_seed(recipe.training.seed)
     started = time.perf_counter()
 
@@ -106,7 +111,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     # Under accelerate launch, the main process prepares data and tokenizer first; the others reuse its work.
     state = PartialState()
     with state.main_process_first():
-        raw = load_parallel(recipe.data_source(), langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
+        raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
+        if state.is_main_process:
+            if earlier and overwrite and not resume:
+                for path in earlier:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
         tokenizer = prepare_tokenizer(recipe, raw[d.train], reuse_saved=resume or not state.is_main_process)
         train_set, cleaning = clean(tokenize(raw[d.train], tokenizer, langs, d.num_proc), d.max_length, d.max_ratio)
         if recipe.training.log_batches:
@@ -117,10 +128,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset,
                                                          **recipe.model.overrides)
         validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, config.max_position_embeddings)
+    tokenizer.model_max_length = config.max_position_embeddings  # what truncation=True cuts to
     model = VanillaTransformerForConditionalGeneration(config)
     g = recipe.generation
-    model.generation_config.update(num_beams=g.num_beams, length_penalty=g.length_penalty,
-                                   max_length_offset=g.max_length_offset)
+    decoding = decoding_settings(g.num_beams, g.length_penalty)
+    model.generation_config.update(**decoding, max_length_offset=g.max_length_offset)
     args = training_arguments(recipe, config.d_model)
     trainer = TranslationTrainer(
         model=model,
@@ -134,7 +146,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         warmup_steps=recipe.training.warmup_steps,
         batch_log=run_dir if recipe.training.log_batches else None,
     )
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     if not trainer.is_world_process_zero():
         return {}  # the run folder is the main process's to write
@@ -148,8 +160,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         trainer.save_model(final_dir)
         averaged = []
     tokenizer.save_pretrained(final_dir)
-    make_portable(final_dir)
+    make_portable(final_dir, langs)
 
+    validation_bleu = [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
+                       if "eval_bleu" in e]
+    best = max(validation_bleu, key=lambda e: e["bleu"], default=None)
     results = {
         "recipe": recipe.name,
         "direction": f"{d.src}-{d.tgt}",
@@ -160,10 +175,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 1),
         "averaged_checkpoints": averaged,
-        "best_checkpoint": trainer.state.best_model_checkpoint,  # by validation BLEU
-        "best_validation_bleu": trainer.state.best_metric,
-        "validation_bleu": [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
-                            if "eval_bleu" in e],
+        "validation_bleu": validation_bleu,
+        "best_validation_step": best["step"] if best else None,
+        "best_validation_bleu": best["bleu"] if best else None,
         "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}",
     }
     if d.test:
@@ -172,8 +186,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
             test = test.select(range(min(d.test_size, len(test))))
         sources = [p[d.src] for p in test["translation"]]
         references = [p[d.tgt] for p in test["translation"]]
-        hypotheses = translate(model, tokenizer, sources, batch_size=g.eval_batch_size, num_beams=g.num_beams,
-                               length_penalty=g.length_penalty)
+        hypotheses = translate(model, tokenizer, sources, batch_size=g.eval_batch_size, **decoding)
         (run_dir / f"{d.test}.hyp.{d.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
         examples = [{"source": sources[i], "reference": references[i], "translation": hypotheses[i]}
                     for i in range(0, min(len(sources), 500), 100)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
-from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .batching import TokenBatchSampler
 from .schedule import noam_scheduler
@@ -25,6 +25,7 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.batch_log = batch_log
         self.tokens_since_log = self.padded_since_log = 0
         self.log_clock = time.perf_counter()
+        self.add_callback(SamplerEpoch(self))
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
@@ -61,6 +62,21 @@ class TranslationTrainer(Seq2SeqTrainer):
             self.tokens_since_log = self.padded_since_log = 0
             self.log_clock = time.perf_counter()
         super().log(logs, *args, **kwargs)
+
+
+class SamplerEpoch(TrainerCallback):
+    """Gives the token-batch sampler the epoch that begins, from the trainer's state.
+
+    The Trainer's own set_epoch does not reach the sampler in a resumed multi-process run: accelerate's
+    SkipBatchSampler and BatchSamplerShard sit between, and the resumed epoch would replay epoch 0's order.
+    """
+
+    def __init__(self, trainer: TranslationTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is epochs done as a float (1.5 when resuming halfway through the second epoch).
+        self.trainer.batch_sampler.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
 
 
 class BatchLoggingCollator:
