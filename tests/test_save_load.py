@@ -121,3 +121,18 @@ def test_base_and_big_have_the_papers_sizes():
     assert base.config.vocab_size == 37000
     assert 60e6 <= count_parameters(base) <= 66e6  # Table 3: 65M
     assert 210e6 <= count_parameters(big) <= 215e6  # Table 3: 213M
+
+
+def test_shared_but_untied_embeddings_save_and_load(tmp_path):
+    # share_embeddings without tie_word_embeddings used to refuse to save ("shared tensors ... not properly defined").
+    from conftest import tiny_model
+
+    from vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    model = tiny_model(tie_word_embeddings=False)
+    model.save_pretrained(tmp_path)
+    loaded = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids = torch.randint(4, 99, (2, 5))
+    assert torch.equal(loaded(input_ids=ids, decoder_input_ids=ids).logits,
+                       model(input_ids=ids, decoder_input_ids=ids).logits)
+    assert loaded.model.encoder.embed_tokens.weight is loaded.model.shared.weight

@@ -147,10 +147,23 @@ def translate_command(args: argparse.Namespace) -> None:
     from .corpus import CorpusError, decode_line
     from .evaluation import decoding_settings, translate
 
-    model, tokenizer = load_model(args.model)
-    settings = dict(batch_size=args.batch_size, progress=False, **decoding_settings(args.num_beams, args.length_penalty))
+    settings = dict(batch_size=args.batch_size, **decoding_settings(args.num_beams, args.length_penalty))
+    if args.engine == "ctranslate2":
+        from .engines.ctranslate2 import Translator
+
+        engine = Translator(args.model, compute_type=args.compute_type)
+        settings.pop("early_stopping")  # the engine stops a beam at </s> always
+
+        def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
+            return engine.translate(lines, first_line=first_line, **settings)
+    else:
+        model, tokenizer = load_model(args.model)
+
+        def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
+            return translate(model, tokenizer, lines, progress=False, first_line=first_line, **settings)
+
     if args.text:
-        for line in translate(model, tokenizer, args.text, **settings):
+        for line in translate_lines(args.text):
             print(line)
         return
     undecodable = []
@@ -163,13 +176,21 @@ def translate_command(args: argparse.Namespace) -> None:
             undecodable.append(number)
             batch.append("")
         if len(batch) == args.batch_size:
-            print("\n".join(translate(model, tokenizer, batch, first_line=first_line, **settings)), flush=True)
+            print("\n".join(translate_lines(batch, first_line)), flush=True)
             batch, first_line = [], number + 1
     if batch:
-        print("\n".join(translate(model, tokenizer, batch, first_line=first_line, **settings)), flush=True)
+        print("\n".join(translate_lines(batch, first_line)), flush=True)
     if undecodable:
         raise SystemExit(f"vanilla-transformer translate: {len(undecodable)} line(s) not valid UTF-8 "
                          f"(line {', '.join(map(str, undecodable[:10]))}): left empty in the output")
+
+
+def export_ctranslate2(args: argparse.Namespace) -> None:
+    """Export a model folder for the CTranslate2 engine (the optional extra `vanilla-transformer[ctranslate2]`)."""
+    from .engines.ctranslate2 import export
+
+    out = export(args.model, args.out, quantization=args.quantization, force=args.force)
+    print(f"exported {args.model} -> {out} ({args.quantization or 'float32'} weights, tokenizer beside them)")
 
 
 def push_command(args: argparse.Namespace) -> None:
@@ -258,7 +279,17 @@ def main(argv: list[str] | None = None) -> None:
     translating.add_argument("--num-beams", type=int, default=4)
     translating.add_argument("--length-penalty", type=float, default=0.6)
     translating.add_argument("--batch-size", type=int, default=32)
+    translating.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
+                             help="ctranslate2: MODEL is a folder made by export-ctranslate2")
+    translating.add_argument("--compute-type", default="default", help="ctranslate2's, e.g. int8, float32")
     translating.set_defaults(func=translate_command)
+
+    exporting = commands.add_parser("export-ctranslate2", help="export a model folder for the CTranslate2 engine")
+    exporting.add_argument("model", help="a saved or converted model folder (with its tokenizer), or a Hub id")
+    exporting.add_argument("out")
+    exporting.add_argument("--quantization", choices=["int8", "int8_float32", "float32", "bfloat16", "float16"])
+    exporting.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    exporting.set_defaults(func=export_ctranslate2)
 
     pushing = commands.add_parser("push", help="upload a run's model, tokenizer, code and model card to the Hub")
     pushing.add_argument("run_dir", help="a training run folder (with model/ and results.json)")

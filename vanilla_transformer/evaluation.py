@@ -33,13 +33,7 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, prog
     A blank sentence gives an empty translation (the model is not asked to invent one). A sentence longer than the
     model's positions is cut to fit (keeping </s>), with a warning naming its line (first_line numbers the first).
     """
-    limit = model.config.max_position_embeddings
-    encoded = tokenizer(sentences)["input_ids"] if sentences else []
-    for i, ids in enumerate(encoded):
-        if len(ids) > limit:
-            logger.warning("line %d: %d tokens, more than the model's %d positions: translating its first %d",
-                           first_line + i, len(ids), limit, limit - 1)
-            encoded[i] = ids[: limit - 1] + [tokenizer.eos_token_id]
+    encoded = encode_to_fit(tokenizer, sentences, model.config.max_position_embeddings, first_line)
     order = sorted((i for i, text in enumerate(sentences) if text.strip()), key=lambda i: len(encoded[i]),
                    reverse=True)
     translations = [""] * len(sentences)
@@ -51,6 +45,18 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, prog
         for i, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True)):
             translations[i] = text
     return translations
+
+
+def encode_to_fit(tokenizer, sentences: list[str], limit: int, first_line: int = 1) -> list[list[int]]:
+    """Token ids of each sentence (with </s>); one longer than `limit` positions is cut to fit, keeping </s>, with a
+    warning naming its line."""
+    encoded = tokenizer(sentences)["input_ids"] if sentences else []
+    for i, ids in enumerate(encoded):
+        if len(ids) > limit:
+            logger.warning("line %d: %d tokens, more than the model's %d positions: translating its first %d",
+                           first_line + i, len(ids), limit, limit - 1)
+            encoded[i] = ids[: limit - 1] + [tokenizer.eos_token_id]
+    return encoded
 
 
 def score(hypotheses: list[str], references: list[str]) -> dict:

@@ -524,11 +524,11 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         if config.share_embeddings:
             self.shared = nn.Embedding(config.vocab_size, config.d_model, padding_idx)
             encoder_embeddings = decoder_embeddings = self.shared
-            if config.tie_word_embeddings:
-                self._tied_weights_keys = {
-                    "encoder.embed_tokens.weight": "shared.weight",
-                    "decoder.embed_tokens.weight": "shared.weight",
-                }
+            # One matrix under three names, whether or not the output projection is tied to it too.
+            self._tied_weights_keys = {
+                "encoder.embed_tokens.weight": "shared.weight",
+                "decoder.embed_tokens.weight": "shared.weight",
+            }
         else:
             encoder_embeddings = nn.Embedding(config.vocab_size, config.d_model, padding_idx)
             decoder_embeddings = nn.Embedding(config.target_vocab_size, config.d_model, padding_idx)

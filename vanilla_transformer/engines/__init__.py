@@ -1,0 +1,1 @@
+"""Inference engines other than PyTorch, for serving a trained model (optional extras)."""

@@ -1,0 +1,154 @@
+"""Serving with CTranslate2 (OpenNMT's inference engine): export a model folder, and translate with the engine.
+
+The converter fills ctranslate2's own TransformerSpec from our weights, as the engine's converters for Marian and
+BART do. Our positional table is passed in explicitly (the engine's built-in sinusoids use another layout), and
+the engine is given our tokenizer's tokens in id order, since it translates token strings.
+
+Needs the optional extra: `pip install vanilla-transformer[ctranslate2]`.
+"""
+
+from pathlib import Path
+
+import ctranslate2
+from ctranslate2.converters import Converter
+from ctranslate2.specs import common_spec, transformer_spec
+from transformers import AutoTokenizer
+
+from ..evaluation import encode_to_fit
+from ..hub.source import model_source
+
+ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
+               "swish": common_spec.Activation.SWISH, "silu": common_spec.Activation.SWISH}
+
+
+class VanillaTransformerConverter(Converter):
+    """A saved model folder of ours (trained, or converted from Marian) as a CTranslate2 TransformerSpec."""
+
+    def __init__(self, model_dir: str | Path):
+        from transformers import AutoModelForSeq2SeqLM
+
+        from .. import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
+
+        source = model_source(model_dir)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(source).float().eval()
+        if self.model.config.model_type != "vanilla_transformer":
+            raise ValueError(f"{model_dir}: a {self.model.config.model_type} model, not a vanilla_transformer one "
+                             "(convert Marian models with `vanilla-transformer convert-marian` first)")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError, TypeError) as error:
+            raise FileNotFoundError(f"{model_dir}: no usable tokenizer ({error}); the engine needs its tokens"
+                                    ) from None
+        if self.tokenizer is None or not callable(self.tokenizer):
+            raise FileNotFoundError(f"{model_dir}: no tokenizer files; the engine needs its tokens")
+
+    def _load(self):
+        config, model = self.model.config, self.model
+        if not config.share_embeddings and config.target_vocab_size != config.vocab_size:
+            raise NotImplementedError("separate source and target vocabularies are not exported yet")
+        spec = transformer_spec.TransformerSpec.from_config(
+            (config.encoder_layers, config.decoder_layers), config.num_attention_heads,
+            pre_norm=config.norm_first, activation=ACTIVATIONS[config.activation_function],
+        )
+        spec.config.layer_norm_epsilon = config.layer_norm_eps
+        self.set_stack(spec.encoder, model.model.encoder)
+        self.set_stack(spec.decoder, model.model.decoder)
+        for layer_spec, layer in zip(spec.encoder.layer, model.model.encoder.layers):
+            self.set_attention(layer_spec.self_attention, layer.self_attn, layer.self_attn_layer_norm)
+            self.set_ffn(layer_spec.ffn, layer.ffn, layer.final_layer_norm)
+        for layer_spec, layer in zip(spec.decoder.layer, model.model.decoder.layers):
+            self.set_attention(layer_spec.self_attention, layer.self_attn, layer.self_attn_layer_norm)
+            self.set_attention(layer_spec.attention, layer.cross_attn, layer.cross_attn_layer_norm)
+            self.set_ffn(layer_spec.ffn, layer.ffn, layer.final_layer_norm)
+        spec.decoder.projection.weight = model.lm_head.weight
+        if model.final_logits_bias is not None:
+            spec.decoder.projection.bias = model.final_logits_bias.squeeze(0)
+
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(config.vocab_size)))
+        spec.register_source_vocabulary(tokens)
+        spec.register_target_vocabulary(tokens)
+        token = self.tokenizer.convert_ids_to_tokens
+        spec.config.bos_token = token(config.bos_token_id) if config.bos_token_id is not None else tokens[0]
+        spec.config.eos_token = token(config.eos_token_id)
+        spec.config.unk_token = self.tokenizer.unk_token or tokens[0]
+        spec.config.decoder_start_token = token(config.decoder_start_token_id)
+        return spec
+
+    @staticmethod
+    def set_stack(spec, stack) -> None:
+        """Embeddings x sqrt(d_model) (or 1), our positional table row by row, and a pre-norm stack's final norm."""
+        embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
+        embeddings.weight = stack.embed_tokens.weight
+        spec.scale_embeddings = stack.embed_scale
+        spec.position_encodings.encodings = stack.embed_positions.weight
+        if stack.layer_norm is not None:
+            set_layer_norm(spec.layer_norm, stack.layer_norm)
+
+    @staticmethod
+    def set_attention(spec, attention, layer_norm) -> None:
+        """Our fused projections map onto the engine's: W^QKV for self-attention, W^Q and W^KV for cross-attention."""
+        projections = [attention.qkv_proj] if hasattr(attention, "qkv_proj") else [attention.q_proj, attention.kv_proj]
+        for linear_spec, linear in zip(spec.linear, [*projections, attention.out_proj]):
+            set_linear(linear_spec, linear)
+        set_layer_norm(spec.layer_norm, layer_norm)
+
+    @staticmethod
+    def set_ffn(spec, ffn, layer_norm) -> None:
+        set_linear(spec.linear_0, ffn.fc1)
+        set_linear(spec.linear_1, ffn.fc2)
+        set_layer_norm(spec.layer_norm, layer_norm)
+
+
+def set_linear(spec, linear) -> None:
+    spec.weight = linear.weight
+    if linear.bias is not None:
+        spec.bias = linear.bias
+
+
+def set_layer_norm(spec, norm) -> None:
+    spec.gamma = norm.weight
+    spec.beta = norm.bias
+
+
+def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, force: bool = False) -> Path:
+    """A CTranslate2 model folder from one of ours, with our tokenizer files beside it so that it stands alone."""
+    converter = VanillaTransformerConverter(model_dir)
+    out = Path(converter.convert(str(out_dir), quantization=quantization, force=force))
+    converter.tokenizer.save_pretrained(out)
+    (out / "max_position_embeddings").write_text(str(converter.model.config.max_position_embeddings))
+    return out
+
+
+class Translator:
+    """Translate lines with an exported folder: our tokenizer in, ctranslate2.Translator, our tokenizer out."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+        path = Path(path)
+        if not (path / "model.bin").is_file():
+            raise FileNotFoundError(f"{path}: no model.bin, so this is not an exported CTranslate2 folder")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute_type,
+                                                 intra_threads=threads)
+        self.max_positions = int((path / "max_position_embeddings").read_text())
+
+    def source_tokens(self, lines: list[str], first_line: int = 1) -> list[list[str]]:
+        """Each line as the engine's input tokens (with </s>), cut to the model's positions with a warning."""
+        encoded = encode_to_fit(self.tokenizer, lines, self.max_positions, first_line)
+        return [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
+
+    def translate(self, lines: list[str], num_beams: int = 4, length_penalty: float = 0.6, max_length_offset: int = 50,
+                  batch_size: int = 32, first_line: int = 1, **options) -> list[str]:
+        """Translations in input order; blank lines give empty ones. Output length: source + offset, as ours."""
+        sources = self.source_tokens(lines, first_line)
+        longest = max((len(s) for s in sources), default=0)
+        results = self.translator.translate_batch(
+            sources, max_batch_size=batch_size, beam_size=num_beams, length_penalty=length_penalty,
+            # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
+            max_decoding_length=min(longest + max_length_offset, self.max_positions) - 1, return_end_token=False,
+            **options)
+        translations = []
+        for line, result in zip(lines, results):
+            ids = self.tokenizer.convert_tokens_to_ids(result.hypotheses[0])
+            translations.append(self.tokenizer.decode(ids, skip_special_tokens=True) if line.strip() else "")
+        return translations
+
