@@ -117,7 +117,7 @@ def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> Vanill
     marian = MarianMTModel.from_pretrained(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, ImportError) as error:
         raise FileNotFoundError(f"{source}: no usable tokenizer (Marian's source.spm, target.spm and vocab.json): "
                                 f"{type(error).__name__}: {error}") from None
     if tokenizer is None or not callable(tokenizer):

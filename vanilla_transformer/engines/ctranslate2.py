@@ -36,7 +36,7 @@ class VanillaTransformerConverter(Converter):
                              "(convert Marian models with `vanilla-transformer convert-marian` first)")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, ImportError) as error:
             raise FileNotFoundError(f"{model_dir}: no usable tokenizer ({error}); the engine needs its tokens"
                                     ) from None
         if self.tokenizer is None or not callable(self.tokenizer):
