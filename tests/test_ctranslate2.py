@@ -1,8 +1,10 @@
 """Export to CTranslate2: the engine gives our generate()'s tokens and our model's log-likelihoods."""
 
+import json
+
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, write_pairs
 
 from vanilla_transformer import train_tokenizer
 
@@ -131,3 +133,17 @@ def test_commands_export_and_translate_with_the_engine(tokenizer, tmp_path):
         outputs[folder] = result.stdout.split("\n")[:-1]
         assert len(outputs[folder]) == 4 and outputs[folder][2] == ""
     assert outputs["ct2"][:2] == outputs["model"][:2]
+
+    # evaluate: the same report from either engine, and the same hypotheses in float32.
+    write_pairs(tmp_path / "data", "test", SENTENCES, TARGETS)
+    reports = {}
+    for engine_name, folder in (("torch", "model"), ("ctranslate2", "ct2")):
+        out = tmp_path / f"eval-{folder}"
+        subprocess.run(cli + ["evaluate", str(tmp_path / folder), "--engine", engine_name, "--data",
+                              str(tmp_path / "data"), "--split", "test", "--out", str(out)], check=True,
+                       capture_output=True, timeout=300)
+        reports[folder] = json.loads((out / "report.json").read_text())
+        reports[folder]["hypotheses"] = (out / "test.hyp.en").read_text()
+    assert reports["ct2"]["engine"] == "ctranslate2" and reports["model"]["engine"] == "torch"
+    assert reports["ct2"]["hypotheses"] == reports["model"]["hypotheses"]
+    assert reports["ct2"]["bleu"] == reports["model"]["bleu"]

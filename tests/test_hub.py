@@ -293,3 +293,14 @@ def test_model_card_takes_language_codes_with_hyphens(run_dir, tmp_path):
     (run / "recipe.json").write_text(json.dumps(recipe))
     card = render_card(run)
     assert card.data.language == ["pt-BR", "en"] and "pt-BR→en" in card.text
+
+
+def test_push_can_add_a_ctranslate2_export(hub, run_dir, tmp_path):
+    pytest.importorskip("ctranslate2")
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    pushed = push(hub, tmp_path, run, "--ctranslate2", "int8")
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    files = branch_files(hub, "main")
+    assert {"ctranslate2/model.bin", "ctranslate2/config.json", "ctranslate2/tokenizer.json"} <= set(files)
+    assert "model.safetensors" in files and "config.json" in files

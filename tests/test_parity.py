@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model
-from transformers import AutoModelForSeq2SeqLM, MarianConfig, MarianMTModel
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianConfig, MarianMTModel
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vanilla_transformer import VanillaTransformerForConditionalGeneration
@@ -233,3 +233,39 @@ def test_convert_marian_command_copies_tokenizer_and_keeps_translations(data_dir
     expected = tokenizer.batch_decode(marian.generate(**batch, num_beams=4, max_new_tokens=12), skip_special_tokens=True)
     actual = copied.batch_decode(ours.generate(**batch, num_beams=4, max_new_tokens=12), skip_special_tokens=True)
     assert actual == expected
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(activation_function="swish", add_final_logits_bias=True)])
+def test_export_marian_gives_our_logits_and_translations(tmp_path, overrides):
+    # The paper's interleaved sinusoids are Marian's split ones with the model dimension permuted: exact.
+    from conftest import random_batch
+
+    from vanilla_transformer import train_tokenizer
+    from vanilla_transformer.cli import main
+
+    tokenizer = train_tokenizer(texts=["Ein Hund rennt.", "Zwei Katzen schlafen."] * 20, vocab_size=300,
+                                show_progress=False)
+    ours = tiny_model(vocab_size=len(tokenizer), **overrides)
+    if ours.final_logits_bias is not None:
+        ours.final_logits_bias.normal_(0, 1.0)
+    ours.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    main(["export-marian", str(tmp_path / "ours"), str(tmp_path / "marian")])
+    marian = MarianMTModel.from_pretrained(tmp_path / "marian").eval()
+    assert AutoTokenizer.from_pretrained(tmp_path / "marian")("Ein Hund.")["input_ids"] == tokenizer("Ein Hund.")[
+        "input_ids"]
+    src = random_batch(3, 7, vocab=len(tokenizer))
+    src[1, 5:] = ours.config.pad_token_id
+    mask = (src != ours.config.pad_token_id).long()
+    tgt = random_batch(3, 5, vocab=len(tokenizer), seed=1)
+    with torch.no_grad():
+        difference = (marian(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
+                      - ours(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits).abs().max()
+    assert difference <= 1e-5
+    for num_beams in (1, 4):
+        settings = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=10)
+        assert torch.equal(marian.generate(src, **settings), ours.generate(src, **settings))
+    back = convert_marian(marian)  # and back again
+    with torch.no_grad():
+        assert torch.allclose(back(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits,
+                              ours(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits, atol=1e-5)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,18 @@ def test_shared_but_untied_embeddings_save_and_load(tmp_path):
     assert torch.equal(loaded(input_ids=ids, decoder_input_ids=ids).logits,
                        model(input_ids=ids, decoder_input_ids=ids).logits)
     assert loaded.model.encoder.embed_tokens.weight is loaded.model.shared.weight
+
+
+@pytest.mark.parametrize("name", ["tiny-post-norm", "tiny-pre-norm-bias"])
+def test_checkpoints_saved_by_earlier_code_give_the_same_logits(name):
+    from safetensors.torch import load_file
+
+    from vanilla_transformer import VanillaTransformerForConditionalGeneration
+
+    folder = Path(__file__).parent / "fixtures" / name
+    expected = load_file(folder / "expected.safetensors")
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"],
+                       decoder_input_ids=expected["decoder_input_ids"]).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=1e-6, rtol=0)

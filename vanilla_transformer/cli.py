@@ -58,6 +58,14 @@ def convert_marian(args: argparse.Namespace) -> None:
           f"activation {model.config.activation_function}, tokenizer copied as it is")
 
 
+def export_marian(args: argparse.Namespace) -> None:
+    """Write a model folder of ours as a MarianMTModel folder with the same outputs."""
+    from .convert.marian import export_marian_checkpoint
+
+    marian = export_marian_checkpoint(args.model, args.out)
+    print(f"exported {args.model} -> {args.out}: MarianMTModel, {marian.num_parameters():,} parameters")
+
+
 def train(args: argparse.Namespace) -> None:
     """Train from a recipe (configs/*.yaml), evaluate on its test split, and write the run folder."""
     import transformers
@@ -109,19 +117,19 @@ def load_model(folder: str):
 def evaluate_command(args: argparse.Namespace) -> None:
     """Translate a test set and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
     from .corpus import read_lines
-    from .evaluation import decoding_settings, score, translate
+    from .evaluation import score
 
-    model, tokenizer = load_model(args.model)
+    translate_lines = make_translator(args, progress=True)
     data = Path(args.data)
     sources = read_lines(data / f"{args.split}.{args.src}")
     references = read_lines(data / f"{args.split}.{args.tgt}")
     if len(sources) != len(references):
         raise SystemExit(f"{args.split}.{args.src} has {len(sources)} lines, {args.split}.{args.tgt} {len(references)}")
     start = time.perf_counter()
-    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size,
-                           **decoding_settings(args.num_beams, args.length_penalty))
+    hypotheses = translate_lines(sources)
     seconds = time.perf_counter() - start
-    report = {"model": args.model, "data": str(data), "split": args.split, "direction": f"{args.src}-{args.tgt}",
+    report = {"model": args.model, "engine": args.engine, "data": str(data), "split": args.split,
+              "direction": f"{args.src}-{args.tgt}",
               "sentences": len(sources), "num_beams": args.num_beams, "length_penalty": args.length_penalty,
               **score(hypotheses, references), "seconds": round(seconds, 1),
               "sentences_per_s": round(len(sources) / seconds, 1)}
@@ -136,15 +144,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     print(f"hypotheses and report.json in {out}")
 
 
-def translate_command(args: argparse.Namespace) -> None:
-    """Translate the given sentences, or standard input line by line in batches: one output line per input line.
-
-    A line that is not UTF-8 is reported on stderr with its number and gives an empty output line; the others are
-    translated, and the command exits with status 1 at the end.
-    """
-    import sys
-
-    from .corpus import CorpusError, decode_line
+def make_translator(args: argparse.Namespace, progress: bool):
+    """translate_lines(lines, first_line) -> translations, with the engine and decoding settings of the command."""
     from .evaluation import decoding_settings, translate
 
     settings = dict(batch_size=args.batch_size, **decoding_settings(args.num_beams, args.length_penalty))
@@ -160,8 +161,22 @@ def translate_command(args: argparse.Namespace) -> None:
         model, tokenizer = load_model(args.model)
 
         def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
-            return translate(model, tokenizer, lines, progress=False, first_line=first_line, **settings)
+            return translate(model, tokenizer, lines, progress=progress, first_line=first_line, **settings)
 
+    return translate_lines
+
+
+def translate_command(args: argparse.Namespace) -> None:
+    """Translate the given sentences, or standard input line by line in batches: one output line per input line.
+
+    A line that is not UTF-8 is reported on stderr with its number and gives an empty output line; the others are
+    translated, and the command exits with status 1 at the end.
+    """
+    import sys
+
+    from .corpus import CorpusError, decode_line
+
+    translate_lines = make_translator(args, progress=False)
     if args.text:
         for line in translate_lines(args.text):
             print(line)
@@ -197,7 +212,8 @@ def push_command(args: argparse.Namespace) -> None:
     """Upload a training run's model to a Hub repo: weights, configs, tokenizer, code, pipeline and model card."""
     from .hub.push import push
 
-    info = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision)
+    info = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
+                ctranslate2=args.ctranslate2)
     print(f"pushed {Path(args.run_dir) / 'model'} to {args.repo_id} ({args.revision or 'main'}): {info.commit_url}")
 
 
@@ -217,6 +233,12 @@ def show_positional_encoding(args: argparse.Namespace) -> None:
 
     plot_positional_encoding(args.out, args.positions, args.d_model, args.layout)
     print(f"positional encodings: {args.out}")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
+                        help="ctranslate2: MODEL is a folder made by export-ctranslate2")
+    parser.add_argument("--compute-type", default="default", help="ctranslate2's, e.g. int8, float32")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("out", help="folder to write the converted model and tokenizer to")
     convert.set_defaults(func=convert_marian)
 
+    unconvert = commands.add_parser("export-marian", help="write our model as a MarianMTModel folder (same outputs)")
+    unconvert.add_argument("model", help="a model folder of ours")
+    unconvert.add_argument("out")
+    unconvert.set_defaults(func=export_marian)
+
     training = commands.add_parser("train", help="train from a recipe YAML (see configs/)")
     training.add_argument("recipe", help="a recipe file, e.g. configs/multi30k-de-en-small.yaml")
     training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -270,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluating.add_argument("--num-beams", type=int, default=4)
     evaluating.add_argument("--length-penalty", type=float, default=0.6)
     evaluating.add_argument("--batch-size", type=int, default=64)
+    add_engine_arguments(evaluating)
     evaluating.add_argument("--out", help="folder for hypotheses and report.json (default MODEL/eval-SPLIT.SRC-TGT)")
     evaluating.set_defaults(func=evaluate_command)
 
@@ -279,9 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     translating.add_argument("--num-beams", type=int, default=4)
     translating.add_argument("--length-penalty", type=float, default=0.6)
     translating.add_argument("--batch-size", type=int, default=32)
-    translating.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
-                             help="ctranslate2: MODEL is a folder made by export-ctranslate2")
-    translating.add_argument("--compute-type", default="default", help="ctranslate2's, e.g. int8, float32")
+    add_engine_arguments(translating)
     translating.set_defaults(func=translate_command)
 
     exporting = commands.add_parser("export-ctranslate2", help="export a model folder for the CTranslate2 engine")
@@ -296,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     pushing.add_argument("repo_id", help="e.g. your-name/transformer-multi30k-de-en")
     pushing.add_argument("--private", action="store_true", help="create the repo as private")
     pushing.add_argument("--revision", help="a branch to commit to (created from main if new); default main")
+    pushing.add_argument("--ctranslate2", metavar="QUANTIZATION", choices=["int8", "int8_float32", "float32", "bfloat16"],
+                         help="also export for CTranslate2 with these weights, into the repo's ctranslate2/ folder")
     pushing.set_defaults(func=push_command)
 
     attention = commands.add_parser("show-attention", help="PNG heatmap of a translation's cross-attention")

@@ -1,4 +1,5 @@
-"""MarianMT (OPUS-MT) checkpoints in our model: the same post-norm encoder-decoder, weights renamed, nothing retrained.
+"""MarianMT (OPUS-MT) checkpoints in our model and back: the same post-norm encoder-decoder, weights renamed, nothing
+retrained.
 
 Marian differs from the paper in ways that are config options here: swish or gelu activations, sines and cosines in
 two halves of the positional table, and a fixed bias on the logits.
@@ -136,3 +137,91 @@ def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> Vanill
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return model
+
+
+def residual_permutation(config: VanillaTransformerConfig) -> torch.Tensor:
+    """Marian's dimension i is our dimension perm[i]: its split sinusoids (all sines, then all cosines) are the
+    paper's interleaved ones in another order. Permuting every weight on the residual stream the same way is exact:
+    attention, the FFN's inner layer and LayerNorm do not depend on the order of the model dimension."""
+    if config.sinusoidal_layout == "split" or config.position_embedding != "sinusoidal":
+        return torch.arange(config.d_model)
+    return torch.cat([torch.arange(0, config.d_model, 2), torch.arange(1, config.d_model, 2)])
+
+
+def export_config(config: VanillaTransformerConfig) -> MarianConfig:
+    """A MarianConfig for our config; what Marian cannot represent raises a ValueError naming the field."""
+    refused = {
+        "norm_first": (config.norm_first, "Marian models are post-norm"),
+        "position_embedding": (config.position_embedding != "sinusoidal", "Marian has sinusoids only"),
+        "share_embeddings": (not config.share_embeddings, "separate vocabularies are not exported yet"),
+        "tie_word_embeddings": (not config.tie_word_embeddings, "Marian ties its output projection"),
+        "layer_norm_eps": (config.layer_norm_eps != 1e-5, "Marian's LayerNorm uses 1e-5"),
+    }
+    for field, (refuse, why) in refused.items():
+        if refuse:
+            raise ValueError(f"{field}={getattr(config, field)!r} cannot be exported to Marian: {why}")
+    return MarianConfig(
+        vocab_size=config.vocab_size, decoder_vocab_size=config.vocab_size, d_model=config.d_model,
+        encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
+        encoder_attention_heads=config.num_attention_heads, decoder_attention_heads=config.num_attention_heads,
+        encoder_ffn_dim=config.d_ff, decoder_ffn_dim=config.d_ff, dropout=config.dropout,
+        attention_dropout=config.attention_dropout, activation_dropout=config.activation_dropout,
+        activation_function=config.activation_function, max_position_embeddings=config.max_position_embeddings,
+        scale_embedding=config.scale_embedding, share_encoder_decoder_embeddings=True, tie_word_embeddings=True,
+        pad_token_id=config.pad_token_id, eos_token_id=config.eos_token_id, bos_token_id=config.bos_token_id,
+        decoder_start_token_id=config.decoder_start_token_id, forced_eos_token_id=None,
+    )
+
+
+def export_state_dict(model: VanillaTransformerForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """Our weights under Marian's names, q/k/v split again, every residual-stream dimension in Marian's order."""
+    perm = residual_permutation(model.config)
+    d = model.config.d_model
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" or ".embed_tokens." in name:
+            continue  # tied to model.shared in Marian
+        if name == "final_logits_bias":
+            state[name] = tensor
+            continue
+        if name == "model.shared.weight":
+            state[name] = tensor[:, perm]
+            continue
+        writes = name.endswith(("out_proj.weight", "out_proj.bias", "fc2.weight", "fc2.bias")) or "layer_norm" in name
+        tensor = tensor[perm] if writes else tensor[:, perm] if tensor.dim() == 2 else tensor
+        name = name.replace(".cross_attn.", ".encoder_attn.").replace("cross_attn_layer_norm", "encoder_attn_layer_norm")
+        name = name.replace(".ffn.fc1.", ".fc1.").replace(".ffn.fc2.", ".fc2.")
+        if ".qkv_proj." in name or ".kv_proj." in name:
+            fused = ".qkv_proj." if ".qkv_proj." in name else ".kv_proj."
+            prefix, kind = name.split(fused)
+            for part, chunk in zip("qkv" if fused == ".qkv_proj." else "kv", tensor.split(d)):
+                state[f"{prefix}.{part}_proj.{kind}"] = chunk
+        else:
+            state[name] = tensor
+    state.setdefault("final_logits_bias", torch.zeros(1, model.config.vocab_size))
+    return state
+
+
+def export_marian(model: VanillaTransformerForConditionalGeneration) -> MarianMTModel:
+    """A MarianMTModel with our model's outputs (the reverse of convert_marian)."""
+    marian = MarianMTModel(export_config(model.config)).eval()
+    missing, unexpected = marian.load_state_dict(export_state_dict(model), strict=False)
+    tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
+    positions = {n for n in missing if "embed_positions" in n}  # Marian recomputes its table
+    if set(missing) - tied - positions or unexpected:
+        raise ValueError(f"weights did not map: missing {sorted(set(missing) - tied - positions)}, "
+                         f"unexpected {sorted(unexpected)}")
+    marian.generation_config = GenerationConfig.from_dict(
+        {k: v for k, v in model.generation_config.to_dict().items() if k != "max_length_offset"})
+    return marian.to(model.dtype)
+
+
+def export_marian_checkpoint(source: str | Path, out_dir: str | Path) -> MarianMTModel:
+    """A MarianMTModel folder from a model folder of ours, with our tokenizer (which any transformers loads)."""
+    source = model_source(source)
+    model = VanillaTransformerForConditionalGeneration.from_pretrained(source).eval()
+    marian = export_marian(model)
+    marian.save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.save_pretrained(out_dir)
+    return marian

@@ -137,15 +137,17 @@ class Translator:
         return [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
 
     def translate(self, lines: list[str], num_beams: int = 4, length_penalty: float = 0.6, max_length_offset: int = 50,
-                  batch_size: int = 32, first_line: int = 1, **options) -> list[str]:
-        """Translations in input order; blank lines give empty ones. Output length: source + offset, as ours."""
+                  batch_size: int = 32, first_line: int = 1, max_new_tokens: int | None = None,
+                  **options) -> list[str]:
+        """Translations in input order; blank lines give empty ones. Output length: source + offset, as ours, or
+        max_new_tokens."""
         sources = self.source_tokens(lines, first_line)
         longest = max((len(s) for s in sources), default=0)
+        # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
+        limit = max_new_tokens or min(longest + max_length_offset, self.max_positions) - 1
         results = self.translator.translate_batch(
             sources, max_batch_size=batch_size, beam_size=num_beams, length_penalty=length_penalty,
-            # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
-            max_decoding_length=min(longest + max_length_offset, self.max_positions) - 1, return_end_token=False,
-            **options)
+            max_decoding_length=limit, return_end_token=False, **options)
         translations = []
         for line, result in zip(lines, results):
             ids = self.tokenizer.convert_tokens_to_ids(result.hypotheses[0])

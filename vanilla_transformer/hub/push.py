@@ -35,15 +35,22 @@ def commit_message(run_dir: Path) -> str:
 
 
 def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
-         token: str | None = None) -> CommitInfo:
+         token: str | None = None, ctranslate2: str | None = None) -> CommitInfo:
     """Create the repo (and branch) if needed and upload the run's model folder with its rendered card.
 
     The token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) unless given; it is never
-    printed. Files already on the Hub with the same content are not sent again.
+    printed. Files already on the Hub with the same content are not sent again. With `ctranslate2` (a quantization,
+    e.g. "int8"), the model is also exported for CTranslate2 into the repo's ctranslate2/ folder.
     """
     run_dir = Path(run_dir)
     model_dir = model_folder(run_dir)
     render_card(run_dir, repo_id)
+    patterns = list(UPLOADED)
+    if ctranslate2:
+        from ..engines.ctranslate2 import export
+
+        export(model_dir, model_dir / "ctranslate2", quantization=ctranslate2, force=True)
+        patterns.append("ctranslate2/*")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private and not api.model_info(repo_id).private:
@@ -53,4 +60,4 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision,
-                             allow_patterns=UPLOADED, commit_message=commit_message(run_dir))
+                             allow_patterns=patterns, commit_message=commit_message(run_dir))
