@@ -70,14 +70,13 @@ def multi30k_token_batches(data_dir: str | Path, max_tokens: int = 4096, vocab_s
     """Multi30k train tokenised with a joint BPE of vocab_size, and its fairseq-style token batches (one epoch)."""
     from vanilla_transformer.tokenization import train_tokenizer
     from vanilla_transformer.training.batching import TokenBatchSampler
-    from vanilla_transformer.training.data import load_parallel, tokenize
+    from vanilla_transformer.training.data import load_parallel, token_lengths, tokenize
 
     folder = Path(data_dir) / "multi30k"
     raw = load_parallel(folder, ("de", "en"), splits=["train"])["train"]
     tokenizer = train_tokenizer([folder / "train.de", folder / "train.en"], vocab_size=vocab_size, show_progress=False)
     dataset = tokenize(raw, tokenizer, ("de", "en"))
-    src_lengths = [len(x) for x in dataset["input_ids"]]
-    tgt_lengths = [len(x) for x in dataset["labels"]]
+    src_lengths, tgt_lengths = token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels")
     batches = list(TokenBatchSampler(src_lengths, tgt_lengths, max_tokens=max_tokens, seed=0))
     return tokenizer, dataset, batches, src_lengths, tgt_lengths
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -19,8 +20,9 @@ class TokenBatchSampler(Sampler[list[int]]):
                  shuffle: bool = True):
         if len(src_lengths) != len(tgt_lengths):
             raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
-        self.sizes = torch.maximum(torch.as_tensor(src_lengths), torch.as_tensor(tgt_lengths))
-        self.src_lengths, self.tgt_lengths = list(src_lengths), list(tgt_lengths)
+        self.src_lengths = torch.as_tensor(np.asarray(src_lengths, dtype=np.int64))
+        self.tgt_lengths = torch.as_tensor(np.asarray(tgt_lengths, dtype=np.int64))
+        self.sizes = torch.maximum(self.src_lengths, self.tgt_lengths)
         self.max_tokens, self.seed, self.shuffle = max_tokens, seed, shuffle
         self.epoch = 0
         too_long = (self.sizes > max_tokens).nonzero().flatten()
@@ -34,12 +36,12 @@ class TokenBatchSampler(Sampler[list[int]]):
         generator = torch.Generator().manual_seed(self.seed)
         tie_break = torch.randperm(len(self.sizes), generator=generator)
         # Sort by target then source length (tgt * L + src), ties in seeded random order.
-        key = torch.as_tensor(self.tgt_lengths) * (max(self.src_lengths, default=0) + 1) + torch.as_tensor(
-            self.src_lengths)
-        order = tie_break[torch.sort(key[tie_break], stable=True).indices].tolist()
+        longest_source = int(self.src_lengths.max()) if len(self.src_lengths) else 0
+        key = self.tgt_lengths * (longest_source + 1) + self.src_lengths
+        order = tie_break[torch.sort(key[tie_break], stable=True).indices]
+        sizes = self.sizes[order].tolist()  # plain ints: the loop below runs once per example
         batches, batch, longest = [], [], 0
-        for i in order:
-            size = int(self.sizes[i])
+        for i, size in zip(order.tolist(), sizes):
             if batch and (len(batch) + 1) * max(longest, size) > self.max_tokens:
                 batches.append(batch)
                 batch, longest = [], 0
@@ -70,10 +72,13 @@ class TokenBatchSampler(Sampler[list[int]]):
 
 def padding_fraction(batches: list[list[int]], src_lengths: Sequence[int], tgt_lengths: Sequence[int]) -> float:
     """Share of padding among the source + target positions of the given batches, each padded to its longest."""
+    if not batches:
+        return 0.0
+    order = np.concatenate([np.asarray(batch, dtype=np.int64) for batch in batches])
+    starts = np.cumsum([0] + [len(batch) for batch in batches[:-1]])
+    sizes = np.diff(np.append(starts, len(order)))
     real = padded = 0
-    for batch in batches:
-        src = [src_lengths[i] for i in batch]
-        tgt = [tgt_lengths[i] for i in batch]
-        real += sum(src) + sum(tgt)
-        padded += len(batch) * (max(src) + max(tgt))
+    for lengths in (np.asarray(src_lengths)[order], np.asarray(tgt_lengths)[order]):
+        real += int(lengths.sum())
+        padded += int((np.maximum.reduceat(lengths, starts) * sizes).sum())
     return 1 - real / padded

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 
 from .batching import TokenBatchSampler
+from .data import token_lengths
 from .schedule import noam_scheduler
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ class TranslationTrainer(Seq2SeqTrainer):
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         self.batch_sampler = TokenBatchSampler(
-            [len(ids) for ids in dataset["input_ids"]], [len(ids) for ids in dataset["labels"]],
-            max_tokens=self.max_tokens, seed=self.args.seed,
+            token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"), max_tokens=self.max_tokens,
+            seed=self.args.seed,
         )
         logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
                     len(self.batch_sampler), self.max_tokens, 100 * self.batch_sampler.padding_fraction())
