@@ -33,7 +33,7 @@ from transformers import (
 
 logger = logging.getLogger(__name__)
 # sacreBLEU as a local `evaluate` module (evaluate.load("sacrebleu") would download its script from the Hub).
-DEFAULT_METRIC = Path(__file__).resolve().parents[1] / "vanilla_transformer" / "training" / "sacrebleu_metric"
+DEFAULT_METRIC = Path(__file__).resolve().parents[1] / "vanilla_transformer" / "sacrebleu_metric"
 
 
 @dataclass

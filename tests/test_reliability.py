@@ -45,8 +45,8 @@ def test_greedy_validation_saves_checkpoints(greedy_run):
     for step in (2, 4):
         assert problem(out / f"checkpoint-{step}", for_resume=True) is None
     assert GenerationConfig.from_pretrained(out / "model").num_beams == 1
-    assert results["averaged_checkpoints"] == ["checkpoint-2", "checkpoint-4"]
-    assert results["test"]["num_beams"] == 1
+    assert results.averaged_checkpoints == ["checkpoint-2", "checkpoint-4"]
+    assert results.test.num_beams == 1
 
 
 @pytest.mark.parametrize("override, message", [
@@ -94,9 +94,9 @@ def test_averaging_takes_the_last_n_checkpoints_by_step(small_corpus, tmp_path):
     results = train(tiny_recipe(small_corpus, tmp_path / "run", "training.max_steps=20", "training.save_steps=5",
                                 "training.eval_steps=5", "training.save_total_limit=2", "average_last=2",
                                 "data.test=null", "data.validation_size=8"))
-    assert results["averaged_checkpoints"] == ["checkpoint-15", "checkpoint-20"]
+    assert results.averaged_checkpoints == ["checkpoint-15", "checkpoint-20"]
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-20"]
-    assert results["best_validation_step"] in (5, 10, 15, 20)
+    assert results.best_validation_step in (5, 10, 15, 20)
 
 
 def truncate(path: Path, keep: int) -> None:
@@ -132,7 +132,7 @@ def test_resume_falls_back_to_the_last_complete_checkpoint(greedy_run, small_cor
     truncate(run / "checkpoint-4/optimizer.pt", 100)
     results = train(tiny_recipe(small_corpus, run, "generation.num_beams=1", "training.max_steps=6",
                                 "training.save_steps=2", "training.eval_steps=2", "data.test=null"), resume=True)
-    assert results["steps"] == 6
+    assert results.steps == 6
     state = json.loads((run / "checkpoint-6/trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "eval_bleu" in e] == [2, 4, 6]
 

@@ -1,5 +1,6 @@
 """Training: data loading errors, token batches, the schedule, averaging, runs, resume, and two processes."""
 
+import dataclasses
 import json
 import math
 import os
@@ -41,21 +42,21 @@ def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
     assert losses[-1] < losses[0] - 1.0, losses
     assert (tmp_path / "run/checkpoint-40").is_dir() and (tmp_path / "run/model/model.safetensors").is_file()
     assert (tmp_path / "run/curves.png").stat().st_size > 10_000
-    assert results["averaged_checkpoints"] == ["checkpoint-20", "checkpoint-40"]
-    assert 0 <= results["test"]["bleu"] <= 100 and results["test"]["bleu_signature"].startswith("nrefs:1|case:mixed")
-    assert [e["step"] for e in results["validation_bleu"]] == [20, 40]
+    assert results.averaged_checkpoints == ["checkpoint-20", "checkpoint-40"]
+    assert 0 <= results.test.bleu <= 100 and results.test.bleu_signature.startswith("nrefs:1|case:mixed")
+    assert [e["step"] for e in results.validation_bleu] == [20, 40]
     saved = json.loads((tmp_path / "run/results.json").read_text())
-    assert saved["test"] == results["test"]
+    assert saved["test"] == dataclasses.asdict(results.test)
     hypotheses = (tmp_path / "run/test2016.hyp.en").read_text().splitlines()
-    assert len(hypotheses) == results["test"]["sentences"] == 40
-    assert results["test"]["examples"][0]["translation"] == hypotheses[0]
-    assert results["test"]["examples"][0]["source"] == (small_corpus / "test2016.de").read_text().splitlines()[0]
+    assert len(hypotheses) == results.test.sentences == 40
+    assert results.test.examples[0]["translation"] == hypotheses[0]
+    assert results.test.examples[0]["source"] == (small_corpus / "test2016.de").read_text().splitlines()[0]
     # The rendered model card: Hub metadata whose model-index holds this run's measured scores.
     card = ModelCard.load(tmp_path / "run/model/README.md")
     assert card.data.pipeline_tag == "translation" and card.data.language == ["de", "en"]
     bleu = next(r for r in card.data.eval_results if r.metric_type == "bleu")
-    assert bleu.metric_value == round(results["test"]["bleu"], 2) and bleu.dataset_split == "test2016"
-    assert f"| {round(results['test']['bleu'], 2)} |" in card.text
+    assert bleu.metric_value == round(results.test.bleu, 2) and bleu.dataset_split == "test2016"
+    assert f"| {round(results.test.bleu, 2)} |" in card.text
 
 
 def train_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
@@ -68,7 +69,7 @@ def test_a_new_run_does_not_mix_with_an_earlier_one_in_its_folder(small_corpus, 
         train(tiny_recipe(small_corpus, tmp_path / "run"))
     results = train(tiny_recipe(small_corpus, tmp_path / "run", "training.max_steps=4", "training.save_steps=2",
                                 "average_last=5", "data.test=null"), overwrite=True)
-    assert results["averaged_checkpoints"] == ["checkpoint-2", "checkpoint-4"]
+    assert results.averaged_checkpoints == ["checkpoint-2", "checkpoint-4"]
 
 
 def complete_json(path: Path) -> bool:
@@ -319,3 +320,19 @@ def test_tokenised_data_is_cached_across_runs(small_corpus, tmp_path):
         tokenized = tokenize(pairs, AutoTokenizer.from_pretrained(tmp_path / "tok"), ("de", "en"))
         files.append(tokenized.cache_files[0]["filename"])
     assert files[0] == files[1] and Path(files[0]).is_file()
+
+
+def test_results_written_by_earlier_versions_still_load(tmp_path):
+    from vanilla_transformer.training.results import RunResults
+
+    old = {"recipe": "r", "direction": "de-en", "parameters": 10, "train_pairs": 5, "cleaning": {"kept": 5},
+           "padding_fraction": 0.1, "steps": 3, "train_seconds": 1.0, "averaged_checkpoints": [],
+           "best_checkpoint": "runs/r/checkpoint-2", "best_validation_bleu": 1.0, "validation_bleu": [],
+           "machine": "m", "test": {"split": "t", "sentences": 1, "num_beams": 4, "length_penalty": 0.6, "bleu": 1.0,
+                                    "chrf": 2.0, "bleu_signature": "b", "chrf_signature": "c", "examples": []}}
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    results = RunResults.load(tmp_path / "results.json")
+    assert (results.src, results.tgt, results.direction, results.test.chrf) == ("de", "en", "de-en", 2.0)
+    (tmp_path / "results.json").write_text('{"recipe": ')
+    with pytest.raises(ValueError, match=r"results.json: not valid JSON"):
+        RunResults.load(tmp_path / "results.json")

@@ -1,13 +1,14 @@
 """The `vanilla-transformer` command line."""
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
 
-def tokenizer_train(args: argparse.Namespace) -> None:
+def tokenizer_train_command(args: argparse.Namespace) -> None:
     """Train the joint subword vocabulary on DATA/SPLIT.{lang} for every language, and save it."""
     from .corpus import read_lines
     from .tokenization import subwords_per_word, train_tokenizer
@@ -29,27 +30,27 @@ QUICK = ["training.max_steps=120", "training.eval_steps=60", "training.save_step
          "data.test_size=200", "training.warmup_steps=300", "average_last=2"]
 
 
-def demo(args: argparse.Namespace) -> None:
+def demo_command(args: argparse.Namespace) -> None:
     """The main job: train the Multi30k de->en recipe, score test2016 with beam search, show some translations."""
     from .training.recipe import load_recipe
-    from .training.run import train as run
+    from .training.run import train
 
     recipe = load_recipe(args.recipe, (QUICK if args.quick else []) + args.set)
     if args.quick:
         recipe.output_dir = str(recipe.run_dir) + "-quick"
     print(f"recipe {args.recipe}{' (--quick smoke run)' if args.quick else ''}, run folder {recipe.run_dir}")
-    results = run(recipe, overwrite=True)  # the demo's own folder: a new demo replaces the last one
-    test = results["test"]
-    for example in test["examples"]:
+    results = train(recipe, overwrite=True)  # the demo's own folder: a new demo replaces the last one
+    test = results.test
+    for example in test.examples:
         print(f"\n  source     {example['source']}\n  reference  {example['reference']}\n"
               f"  ours       {example['translation']}")
-    print(f"\n{results['parameters']:,} parameters, {results['steps']} updates in {results['train_seconds'] / 60:.1f} min")
-    print(f"{test['split']} ({test['sentences']} sentences) sacreBLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}")
-    print(f"signature: {test['bleu_signature']}")
+    print(f"\n{results.parameters:,} parameters, {results.steps} updates in {results.train_seconds / 60:.1f} min")
+    print(f"{test.split} ({test.sentences} sentences) sacreBLEU {test.bleu:.2f}, chrF {test.chrf:.2f}")
+    print(f"signature: {test.bleu_signature}")
     print(f"run folder: {recipe.run_dir} (model/, results.json, curves.png, log.csv)")
 
 
-def convert_marian(args: argparse.Namespace) -> None:
+def convert_marian_command(args: argparse.Namespace) -> None:
     """Convert a MarianMT (OPUS-MT) model folder or Hub repo into a model folder of ours."""
     from .convert.marian import convert_marian_checkpoint
 
@@ -58,7 +59,7 @@ def convert_marian(args: argparse.Namespace) -> None:
           f"activation {model.config.activation_function}, tokenizer copied as it is")
 
 
-def export_marian(args: argparse.Namespace) -> None:
+def export_marian_command(args: argparse.Namespace) -> None:
     """Write a model folder of ours as a MarianMTModel folder with the same outputs."""
     from .convert.marian import export_marian_checkpoint
 
@@ -66,27 +67,28 @@ def export_marian(args: argparse.Namespace) -> None:
     print(f"exported {args.model} -> {args.out}: MarianMTModel, {marian.num_parameters():,} parameters")
 
 
-def train(args: argparse.Namespace) -> None:
+def train_command(args: argparse.Namespace) -> None:
     """Train from a recipe (configs/*.yaml), evaluate on its test split, and write the run folder."""
     import transformers
 
     from .training.recipe import load_recipe
-    from .training.run import train as run
+    from .training.run import train
 
     transformers.logging.set_verbosity_info() if args.verbose else transformers.logging.set_verbosity_warning()
     recipe = load_recipe(args.recipe, args.set)
     if args.output_dir:
         recipe.output_dir = args.output_dir
-    results = run(recipe, resume=args.resume, overwrite=args.overwrite)
-    if not results:
+    results = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    if results is None:
         return  # not the main process of a distributed run
-    test = results.get("test")
-    print(json.dumps({k: v for k, v in results.items() if k != "validation_bleu"}, indent=2))
-    if test:
-        print(f"{test['split']} sacreBLEU {test['bleu']:.2f}  chrF {test['chrf']:.2f}  ({test['bleu_signature']})")
+    summary = {k: v for k, v in dataclasses.asdict(results).items() if k not in ("validation_bleu", "test")}
+    print(json.dumps(summary, indent=2))
+    if results.test:
+        test = results.test
+        print(f"{test.split} sacreBLEU {test.bleu:.2f}  chrF {test.chrf:.2f}  ({test.bleu_signature})")
 
 
-def average(args: argparse.Namespace) -> None:
+def average_command(args: argparse.Namespace) -> None:
     """Average the weights of several checkpoints into one model folder."""
     from .training.average import average_checkpoints
     from .training.checkpoints import last_checkpoints
@@ -115,32 +117,25 @@ def load_model(folder: str):
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
-    """Translate a test set and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
-    from .corpus import read_lines
-    from .evaluation import score
+    """Translate a split and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
+    from .evaluation import evaluate_split
+    from .training.data import load_parallel
 
     translate_lines = make_translator(args, progress=True)
-    data = Path(args.data)
-    sources = read_lines(data / f"{args.split}.{args.src}")
-    references = read_lines(data / f"{args.split}.{args.tgt}")
-    if len(sources) != len(references):
-        raise SystemExit(f"{args.split}.{args.src} has {len(sources)} lines, {args.split}.{args.tgt} {len(references)}")
-    start = time.perf_counter()
-    hypotheses = translate_lines(sources)
-    seconds = time.perf_counter() - start
-    report = {"model": args.model, "engine": args.engine, "data": str(data), "split": args.split,
-              "direction": f"{args.src}-{args.tgt}",
-              "sentences": len(sources), "num_beams": args.num_beams, "length_penalty": args.length_penalty,
-              **score(hypotheses, references), "seconds": round(seconds, 1),
-              "sentences_per_s": round(len(sources) / seconds, 1)}
+    pairs = load_parallel(args.data, (args.src, args.tgt), splits=[args.split])[args.split]
     out = Path(args.out or Path(args.model) / f"eval-{args.split}.{args.src}-{args.tgt}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.split}.hyp.{args.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"{args.split} {args.src}->{args.tgt}: sacreBLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  "
-          f"({len(sources)} sentences, {report['sentences_per_s']} sentences/s)")
-    print(f"BLEU signature: {report['bleu_signature']}")
-    print(f"chrF signature: {report['chrf_signature']}")
+    start = time.perf_counter()
+    result = evaluate_split(translate_lines, pairs, args.split, (args.src, args.tgt), out, args.num_beams,
+                            args.length_penalty)
+    seconds = time.perf_counter() - start
+    report = {"model": args.model, "engine": args.engine, "data": str(args.data),
+              "direction": f"{args.src}-{args.tgt}", **dataclasses.asdict(result), "seconds": round(seconds, 1),
+              "sentences_per_s": round(result.sentences / seconds, 1)}
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"{args.split} {args.src}->{args.tgt}: sacreBLEU {result.bleu:.2f}  chrF {result.chrf:.2f}  "
+          f"({result.sentences} sentences, {report['sentences_per_s']} sentences/s)")
+    print(f"BLEU signature: {result.bleu_signature}")
+    print(f"chrF signature: {result.chrf_signature}")
     print(f"hypotheses and report.json in {out}")
 
 
@@ -200,7 +195,7 @@ def translate_command(args: argparse.Namespace) -> None:
                          f"(line {', '.join(map(str, undecodable[:10]))}): left empty in the output")
 
 
-def export_ctranslate2(args: argparse.Namespace) -> None:
+def export_ctranslate2_command(args: argparse.Namespace) -> None:
     """Export a model folder for the CTranslate2 engine (the optional extra `vanilla-transformer[ctranslate2]`)."""
     from .engines.ctranslate2 import export
 
@@ -217,7 +212,7 @@ def push_command(args: argparse.Namespace) -> None:
     print(f"pushed {Path(args.run_dir) / 'model'} to {args.repo_id} ({args.revision or 'main'}): {info.commit_url}")
 
 
-def show_attention(args: argparse.Namespace) -> None:
+def show_attention_command(args: argparse.Namespace) -> None:
     """A PNG heatmap of the encoder-decoder attention of one sentence's translation."""
     from .visualize import plot_attention
 
@@ -227,7 +222,7 @@ def show_attention(args: argparse.Namespace) -> None:
     print(f"translation: {translation}\nattention heatmap: {args.out}")
 
 
-def show_positional_encoding(args: argparse.Namespace) -> None:
+def show_positional_encoding_command(args: argparse.Namespace) -> None:
     """A PNG of the sinusoidal positional encodings (Section 3.5)."""
     from .visualize import plot_positional_encoding
 
@@ -245,102 +240,104 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="vanilla-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("demo", help="train Multi30k de->en on this machine, score test2016, show translations")
-    run.add_argument("--recipe", default="configs/multi30k-de-en-small.yaml")
-    run.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    run.set_defaults(func=demo)
+    demo_parser = commands.add_parser("demo", help="train Multi30k de->en here, score test2016, show translations")
+    demo_parser.add_argument("--recipe", default="configs/multi30k-de-en-small.yaml")
+    demo_parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    demo_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    demo_parser.set_defaults(func=demo_command)
 
-    tokenizer = commands.add_parser("tokenizer", help="subword vocabulary")
-    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
-    tokenizer_train_parser = tokenizer_commands.add_parser("train", help="train a joint vocabulary over several languages")
-    tokenizer_train_parser.add_argument("--data", required=True, help="folder with SPLIT.LANG files, one sentence per line")
-    tokenizer_train_parser.add_argument("--langs", nargs="+", required=True, help="languages, e.g. de en")
-    tokenizer_train_parser.add_argument("--split", default="train")
-    tokenizer_train_parser.add_argument("--vocab-size", type=int, default=37000)
-    tokenizer_train_parser.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
-    tokenizer_train_parser.add_argument("--out", required=True, help="folder to save the tokenizer in")
-    tokenizer_train_parser.set_defaults(func=tokenizer_train)
+    vocabulary_parser = commands.add_parser("tokenizer", help="subword vocabulary")
+    tokenizer_commands = vocabulary_parser.add_subparsers(dest="tokenizer_command", required=True)
+    vocabulary_train_parser = tokenizer_commands.add_parser("train", help="train a joint vocabulary over languages")
+    vocabulary_train_parser.add_argument("--data", required=True, help="folder of SPLIT.LANG files, a sentence a line")
+    vocabulary_train_parser.add_argument("--langs", nargs="+", required=True, help="languages, e.g. de en")
+    vocabulary_train_parser.add_argument("--split", default="train")
+    vocabulary_train_parser.add_argument("--vocab-size", type=int, default=37000)
+    vocabulary_train_parser.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
+    vocabulary_train_parser.add_argument("--out", required=True, help="folder to save the tokenizer in")
+    vocabulary_train_parser.set_defaults(func=tokenizer_train_command)
 
-    convert = commands.add_parser("convert-marian", help="load a MarianMT/OPUS-MT checkpoint into our model")
-    convert.add_argument("source", help="a Marian model folder or Hub repo id, e.g. Helsinki-NLP/opus-mt-de-en")
-    convert.add_argument("out", help="folder to write the converted model and tokenizer to")
-    convert.set_defaults(func=convert_marian)
+    convert_parser = commands.add_parser("convert-marian", help="load a MarianMT/OPUS-MT checkpoint into our model")
+    convert_parser.add_argument("source", help="a Marian model folder or Hub repo id, e.g. Helsinki-NLP/opus-mt-de-en")
+    convert_parser.add_argument("out", help="folder to write the converted model and tokenizer to")
+    convert_parser.set_defaults(func=convert_marian_command)
 
-    unconvert = commands.add_parser("export-marian", help="write our model as a MarianMTModel folder (same outputs)")
-    unconvert.add_argument("model", help="a model folder of ours")
-    unconvert.add_argument("out")
-    unconvert.set_defaults(func=export_marian)
+    export_marian_parser = commands.add_parser("export-marian", help="our model as a MarianMTModel folder")
+    export_marian_parser.add_argument("model", help="a model folder of ours")
+    export_marian_parser.add_argument("out")
+    export_marian_parser.set_defaults(func=export_marian_command)
 
-    training = commands.add_parser("train", help="train from a recipe YAML (see configs/)")
-    training.add_argument("recipe", help="a recipe file, e.g. configs/multi30k-de-en-small.yaml")
-    training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    train_parser = commands.add_parser("train", help="train from a recipe YAML (see configs/)")
+    train_parser.add_argument("recipe", help="a recipe file, e.g. configs/multi30k-de-en-small.yaml")
+    train_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. --set training.max_steps=100 (repeatable)")
-    training.add_argument("--output-dir", help="run folder (default runs/RECIPE_NAME)")
-    training.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    training.add_argument("--overwrite", action="store_true", help="replace an earlier run's checkpoints in the folder")
-    training.add_argument("--verbose", action="store_true")
-    training.set_defaults(func=train)
+    train_parser.add_argument("--output-dir", help="run folder (default runs/RECIPE_NAME)")
+    train_parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train_parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the folder")
+    train_parser.add_argument("--verbose", action="store_true")
+    train_parser.set_defaults(func=train_command)
 
-    averaging = commands.add_parser("average", help="average checkpoints' weights (the paper's last-N averaging)")
-    averaging.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one run folder with --last N")
-    averaging.add_argument("--last", type=int, help="average the last N checkpoint-* folders of the run folder")
-    averaging.add_argument("--out", required=True)
-    averaging.set_defaults(func=average)
+    average_parser = commands.add_parser("average", help="average checkpoints' weights (the paper's last-N averaging)")
+    average_parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one run folder with --last N")
+    average_parser.add_argument("--last", type=int, help="average the last N checkpoint-* folders of the run folder")
+    average_parser.add_argument("--out", required=True)
+    average_parser.set_defaults(func=average_command)
 
-    evaluating = commands.add_parser("evaluate", help="translate a test set and report sacreBLEU and chrF")
-    evaluating.add_argument("model", help="a model folder (with its tokenizer)")
-    evaluating.add_argument("--data", required=True, help="folder with SPLIT.SRC and SPLIT.TGT")
-    evaluating.add_argument("--split", default="test2016")
-    evaluating.add_argument("--src", default="de")
-    evaluating.add_argument("--tgt", default="en")
-    evaluating.add_argument("--num-beams", type=int, default=4)
-    evaluating.add_argument("--length-penalty", type=float, default=0.6)
-    evaluating.add_argument("--batch-size", type=int, default=64)
-    add_engine_arguments(evaluating)
-    evaluating.add_argument("--out", help="folder for hypotheses and report.json (default MODEL/eval-SPLIT.SRC-TGT)")
-    evaluating.set_defaults(func=evaluate_command)
+    evaluate_parser = commands.add_parser("evaluate", help="translate a test set and report sacreBLEU and chrF")
+    evaluate_parser.add_argument("model", help="a model folder (with its tokenizer)")
+    evaluate_parser.add_argument("--data", required=True,
+                                 help="folder with SPLIT.SRC and SPLIT.TGT (or .jsonl/.parquet), or a Hub dataset")
+    evaluate_parser.add_argument("--split", default="test2016")
+    evaluate_parser.add_argument("--src", default="de")
+    evaluate_parser.add_argument("--tgt", default="en")
+    evaluate_parser.add_argument("--num-beams", type=int, default=4)
+    evaluate_parser.add_argument("--length-penalty", type=float, default=0.6)
+    evaluate_parser.add_argument("--batch-size", type=int, default=64)
+    add_engine_arguments(evaluate_parser)
+    evaluate_parser.add_argument("--out", help="folder for hypotheses and report.json (MODEL/eval-SPLIT.SRC-TGT)")
+    evaluate_parser.set_defaults(func=evaluate_command)
 
-    translating = commands.add_parser("translate", help="translate sentences given as arguments or on stdin")
-    translating.add_argument("model")
-    translating.add_argument("text", nargs="*", help="sentences; none: read standard input line by line")
-    translating.add_argument("--num-beams", type=int, default=4)
-    translating.add_argument("--length-penalty", type=float, default=0.6)
-    translating.add_argument("--batch-size", type=int, default=32)
-    add_engine_arguments(translating)
-    translating.set_defaults(func=translate_command)
+    translate_parser = commands.add_parser("translate", help="translate sentences given as arguments or on stdin")
+    translate_parser.add_argument("model")
+    translate_parser.add_argument("text", nargs="*", help="sentences; none: read standard input line by line")
+    translate_parser.add_argument("--num-beams", type=int, default=4)
+    translate_parser.add_argument("--length-penalty", type=float, default=0.6)
+    translate_parser.add_argument("--batch-size", type=int, default=32)
+    add_engine_arguments(translate_parser)
+    translate_parser.set_defaults(func=translate_command)
 
-    exporting = commands.add_parser("export-ctranslate2", help="export a model folder for the CTranslate2 engine")
-    exporting.add_argument("model", help="a saved or converted model folder (with its tokenizer), or a Hub id")
-    exporting.add_argument("out")
-    exporting.add_argument("--quantization", choices=["int8", "int8_float32", "float32", "bfloat16", "float16"])
-    exporting.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    exporting.set_defaults(func=export_ctranslate2)
+    ct2_parser = commands.add_parser("export-ctranslate2", help="export a model folder for the CTranslate2 engine")
+    ct2_parser.add_argument("model", help="a saved or converted model folder (with its tokenizer), or a Hub id")
+    ct2_parser.add_argument("out")
+    ct2_parser.add_argument("--quantization", choices=["int8", "int8_float32", "float32", "bfloat16", "float16"])
+    ct2_parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    ct2_parser.set_defaults(func=export_ctranslate2_command)
 
-    pushing = commands.add_parser("push", help="upload a run's model, tokenizer, code and model card to the Hub")
-    pushing.add_argument("run_dir", help="a training run folder (with model/ and results.json)")
-    pushing.add_argument("repo_id", help="e.g. your-name/transformer-multi30k-de-en")
-    pushing.add_argument("--private", action="store_true", help="create the repo as private")
-    pushing.add_argument("--revision", help="a branch to commit to (created from main if new); default main")
-    pushing.add_argument("--ctranslate2", metavar="QUANTIZATION", choices=["int8", "int8_float32", "float32", "bfloat16"],
+    push_parser = commands.add_parser("push", help="upload a run's model, tokenizer, code and model card to the Hub")
+    push_parser.add_argument("run_dir", help="a training run folder (with model/ and results.json)")
+    push_parser.add_argument("repo_id", help="e.g. your-name/transformer-multi30k-de-en")
+    push_parser.add_argument("--private", action="store_true", help="create the repo as private")
+    push_parser.add_argument("--revision", help="a branch to commit to (created from main if new); default main")
+    push_parser.add_argument("--ctranslate2", metavar="QUANTIZATION",
+                             choices=["int8", "int8_float32", "float32", "bfloat16"],
                          help="also export for CTranslate2 with these weights, into the repo's ctranslate2/ folder")
-    pushing.set_defaults(func=push_command)
+    push_parser.set_defaults(func=push_command)
 
-    attention = commands.add_parser("show-attention", help="PNG heatmap of a translation's cross-attention")
-    attention.add_argument("model")
-    attention.add_argument("sentence")
-    attention.add_argument("--out", default="attention.png")
-    attention.add_argument("--layer", type=int, help="one decoder layer (default: mean of all)")
-    attention.add_argument("--head", type=int, help="one head (default: mean of all)")
-    attention.add_argument("--num-beams", type=int, default=4)
-    attention.set_defaults(func=show_attention)
+    attention_parser = commands.add_parser("show-attention", help="PNG heatmap of a translation's cross-attention")
+    attention_parser.add_argument("model")
+    attention_parser.add_argument("sentence")
+    attention_parser.add_argument("--out", default="attention.png")
+    attention_parser.add_argument("--layer", type=int, help="one decoder layer (default: mean of all)")
+    attention_parser.add_argument("--head", type=int, help="one head (default: mean of all)")
+    attention_parser.add_argument("--num-beams", type=int, default=4)
+    attention_parser.set_defaults(func=show_attention_command)
 
-    positional = commands.add_parser("show-positional-encoding", help="PNG of the sinusoidal positional table")
-    positional.add_argument("--out", default="positional_encoding.png")
-    positional.add_argument("--positions", type=int, default=100)
-    positional.add_argument("--d-model", type=int, default=512)
-    positional.add_argument("--layout", default="interleaved", choices=["interleaved", "split"])
-    positional.set_defaults(func=show_positional_encoding)
+    positional_parser = commands.add_parser("show-positional-encoding", help="PNG of the sinusoidal positional table")
+    positional_parser.add_argument("--out", default="positional_encoding.png")
+    positional_parser.add_argument("--positions", type=int, default=100)
+    positional_parser.add_argument("--d-model", type=int, default=512)
+    positional_parser.add_argument("--layout", default="interleaved", choices=["interleaved", "split"])
+    positional_parser.set_defaults(func=show_positional_encoding_command)
 
     args = parser.parse_args(argv)
     # The package's own progress messages (data cleaning counts, batching) go to stderr.

@@ -1,13 +1,17 @@
-"""Translating many sentences with generate(), and scoring them with sacreBLEU through `evaluate`."""
+"""Translating many sentences with generate(), and scoring a split with sacreBLEU through `evaluate`: one path for
+the evaluate command and for the test split at the end of training."""
 
+import dataclasses
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import evaluate
 import torch
 from tqdm.auto import tqdm
 
-METRIC_DIR = Path(__file__).parent / "training" / "sacrebleu_metric"
+METRIC_DIR = Path(__file__).parent / "sacrebleu_metric"
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +68,34 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
     result = load_bleu().compute(predictions=hypotheses, references=references)
     return {"bleu": result["score"], "chrf": result["chrf"], "bleu_signature": result["signature"],
             "chrf_signature": result["chrf_signature"]}
+
+
+@dataclass
+class SplitScore:
+    """How a model translated one split: corpus sacreBLEU and chrF with their signatures, and a few examples."""
+
+    split: str
+    sentences: int
+    num_beams: int
+    length_penalty: float
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    examples: list[dict] = dataclasses.field(default_factory=list)  # source, reference, translation
+
+
+def evaluate_split(translate_lines: Callable[[list[str]], list[str]], pairs, split: str, langs: tuple[str, str],
+                   out_dir: Path, num_beams: int, length_penalty: float) -> SplitScore:
+    """Translate a split's sources (pairs in the WMT schema, as load_parallel gives them), write the hypotheses to
+    out_dir/SPLIT.hyp.TGT, and score them against the references."""
+    src, tgt = langs
+    sources = [pair[src] for pair in pairs["translation"]]
+    references = [pair[tgt] for pair in pairs["translation"]]
+    hypotheses = translate_lines(sources)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{split}.hyp.{tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+    examples = [{"source": sources[i], "reference": references[i], "translation": hypotheses[i]}
+                for i in range(0, min(len(sources), 500), 100)]
+    return SplitScore(split=split, sentences=len(sources), num_beams=num_beams, length_penalty=length_penalty,
+                      **score(hypotheses, references), examples=examples)

@@ -66,15 +66,24 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
     )
 
 
+# Marian's weight names -> ours (the fused q/k/v projections aside).
+RENAMES = [(".encoder_attn.", ".cross_attn."), ("encoder_attn_layer_norm", "cross_attn_layer_norm"),
+           (".fc1.", ".ffn.fc1."), (".fc2.", ".ffn.fc2.")]
+
+
+def rename(name: str, to_marian: bool = False) -> str:
+    for marian, ours in RENAMES:
+        name = name.replace(ours, marian) if to_marian else name.replace(marian, ours)
+    return name
+
+
 def convert_state_dict(marian_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename Marian's weights to ours, fusing the q/k/v projections into one matrix."""
     state = {}
     for name, tensor in marian_state.items():
         if "embed_positions" in name:
             continue  # recomputed from the formula, never stored
-        name = name.replace(".encoder_attn.", ".cross_attn.").replace("encoder_attn_layer_norm", "cross_attn_layer_norm")
-        name = name.replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
-        state[name] = tensor
+        state[rename(name)] = tensor
     for name in [n for n in state if ".q_proj." in n]:
         prefix, kind = name.split(".q_proj.")
         if prefix.endswith("cross_attn"):
@@ -189,8 +198,7 @@ def export_state_dict(model: VanillaTransformerForConditionalGeneration) -> dict
             continue
         writes = name.endswith(("out_proj.weight", "out_proj.bias", "fc2.weight", "fc2.bias")) or "layer_norm" in name
         tensor = tensor[perm] if writes else tensor[:, perm] if tensor.dim() == 2 else tensor
-        name = name.replace(".cross_attn.", ".encoder_attn.").replace("cross_attn_layer_norm", "encoder_attn_layer_norm")
-        name = name.replace(".ffn.fc1.", ".fc1.").replace(".ffn.fc2.", ".fc2.")
+        name = rename(name, to_marian=True)
         if ".qkv_proj." in name or ".kv_proj." in name:
             fused = ".qkv_proj." if ".qkv_proj." in name else ".kv_proj."
             prefix, kind = name.split(fused)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..training.results import RunResults
+
 TEMPLATE = Path(__file__).with_name("hub_card.md")  # a link to the repo root's hub_card.md
 LANGUAGE_NAMES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech", "ru": "Russian"}
 EXAMPLES = {"de": "Ein Mann fährt mit dem Fahrrad durch die Stadt.", "en": "A man rides his bike through the city."}
@@ -15,20 +17,20 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
     run_dir = Path(run_dir)
     if not TEMPLATE.is_file():
         raise FileNotFoundError(f"model card template not found at {TEMPLATE}")
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    results = RunResults.load(run_dir / "results.json")
     recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
     config = json.loads((run_dir / "model" / "config.json").read_text(encoding="utf-8"))
-    src, tgt = recipe["data"]["src"], recipe["data"]["tgt"]  # language codes may hold hyphens (pt-BR)
+    src, tgt = results.src, results.tgt  # language codes may hold hyphens (pt-BR)
     dataset = recipe["data"]["source"]
-    test = results.get("test")
+    test = results.test
     eval_results = []
     if test:
-        for metric, value, name in (("bleu", test["bleu"], "sacreBLEU"), ("chrf", test["chrf"], "chrF")):
+        for metric, value, name in (("bleu", test.bleu, "sacreBLEU"), ("chrf", test.chrf, "chrF")):
             eval_results.append(EvalResult(
                 task_type="translation", task_name=f"Translation {src}-{tgt}", dataset_type=dataset,
-                dataset_name=f"{dataset} {test['split']}", dataset_split=test["split"], metric_type=metric,
+                dataset_name=f"{dataset} {test.split}", dataset_split=test.split, metric_type=metric,
                 metric_name=name, metric_value=round(value, 2),
-                metric_config=test["bleu_signature"] if metric == "bleu" else test["chrf_signature"],
+                metric_config=test.bleu_signature if metric == "bleu" else test.chrf_signature,
             ))
     model_name = Path(repo_id).name
     card_data = ModelCardData(
@@ -42,18 +44,18 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
         src_name=LANGUAGE_NAMES.get(src, src), tgt_name=LANGUAGE_NAMES.get(tgt, tgt), preset=recipe["model"]["preset"],
         d_model=config["d_model"], encoder_layers=config["encoder_layers"], decoder_layers=config["decoder_layers"],
         heads=config["num_attention_heads"], d_ff=config["d_ff"], position_embedding=config["position_embedding"],
-        norm_first=config["norm_first"], parameters=f"{results['parameters']:,}", vocab_size=config["vocab_size"],
+        norm_first=config["norm_first"], parameters=f"{results.parameters:,}", vocab_size=config["vocab_size"],
         example=EXAMPLES.get(src, "..."), num_beams=generation["num_beams"],
         length_penalty=generation["length_penalty"], max_length_offset=generation["max_length_offset"],
-        dataset=dataset, train_pairs=f"{results['train_pairs']:,}", cleaning=results["cleaning"],
-        validation=recipe["data"]["validation"], recipe_name=recipe["name"], steps=results["steps"],
+        dataset=dataset, train_pairs=f"{results.train_pairs:,}", cleaning=results.cleaning,
+        validation=recipe["data"]["validation"], recipe_name=recipe["name"], steps=results.steps,
         max_tokens=training["max_tokens"], adam_beta2=training["adam_beta2"], adam_epsilon=training["adam_epsilon"],
         lr_scale=training["lr_scale"], warmup_steps=training["warmup_steps"], dropout=config["dropout"],
-        label_smoothing=config["label_smoothing"], averaged=", ".join(results["averaged_checkpoints"]),
-        train_minutes=round(results["train_seconds"] / 60, 1), machine=results["machine"],
-        test_split=test["split"] if test else "(none)", direction=f"{src}→{tgt}",
-        bleu=round(test["bleu"], 2) if test else "-", chrf=round(test["chrf"], 2) if test else "-",
-        signature=test["bleu_signature"] if test else "-",
+        label_smoothing=config["label_smoothing"], averaged=", ".join(results.averaged_checkpoints),
+        train_minutes=round(results.train_seconds / 60, 1), machine=results.machine,
+        test_split=test.split if test else "(none)", direction=f"{src}→{tgt}",
+        bleu=round(test.bleu, 2) if test else "-", chrf=round(test.chrf, 2) if test else "-",
+        signature=test.bleu_signature if test else "-",
     )
     card.save(run_dir / "model" / "README.md")
     return card

@@ -1,10 +1,10 @@
 """`vanilla-transformer push`: a training run's model, tokenizer, code and card to a Hub repo, in one commit."""
 
-import json
 from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
 
+from ..training.results import RunResults
 from .card import render_card
 
 # What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.
@@ -27,10 +27,10 @@ def model_folder(run_dir: Path) -> Path:
 
 
 def commit_message(run_dir: Path) -> str:
-    results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
-    message = f"Upload {results['recipe']} ({results['direction']}, {results['steps']} updates"
-    if "test" in results:
-        message += f", {results['test']['split']} sacreBLEU {results['test']['bleu']:.2f}"
+    results = RunResults.load(run_dir / "results.json")
+    message = f"Upload {results.recipe} ({results.direction}, {results.steps} updates"
+    if results.test:
+        message += f", {results.test.split} sacreBLEU {results.test.bleu:.2f}"
     return message + ")"
 
 

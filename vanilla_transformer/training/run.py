@@ -11,7 +11,7 @@ from accelerate import PartialState
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
-from ..evaluation import decoding_settings, load_bleu, score, translate
+from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
 from ..hub.card import render_card
 from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
@@ -21,6 +21,8 @@ from .checkpoints import last_checkpoints, resume_checkpoint
 from .data import clean, load_parallel, tokenize
 from .plots import plot_curves
 from .recipe import Recipe
+from .results import RunResults
+from .schedule import base_lr
 from .trainer import TranslationTrainer, bleu_metric_fn
 
 
@@ -39,7 +41,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (max_tokens)
         per_device_eval_batch_size=g.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.lr_scale * d_model**-0.5,
+        learning_rate=base_lr(d_model, t.lr_scale),
         adam_beta1=0.9,
         adam_beta2=t.adam_beta2,
         adam_epsilon=t.adam_epsilon,
@@ -68,7 +70,8 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
 
 
 def prepare_tokenizer(recipe: Recipe, train_pairs, reuse_saved: bool):
-    """The run's tokenizer: the recipe's, the one this run saved already (resuming, or another process), or a new one."""
+    """The run's tokenizer: the recipe's, the one this run saved already (on resume, or by another process), or a
+    new one."""
     saved = recipe.run_dir / "tokenizer"
     if recipe.tokenizer.path:
         return AutoTokenizer.from_pretrained(recipe.tokenizer.path)
@@ -87,7 +90,7 @@ def earlier_run(run_dir: Path) -> list[Path]:
     return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict:
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResults | None:
     """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
 
     A new run refuses a folder that holds an earlier one (its checkpoints would be averaged with the new ones, its
@@ -149,7 +152,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
     if not trainer.is_world_process_zero():
-        return {}  # the run folder is the main process's to write
+        return None  # the run folder is the main process's to write
 
     final_dir = run_dir / "model"
     checkpoints = last_checkpoints(run_dir, recipe.average_last) if recipe.average_last > 1 else []
@@ -165,34 +168,27 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> dict
     validation_bleu = [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
                        if "eval_bleu" in e]
     best = max(validation_bleu, key=lambda e: e["bleu"], default=None)
-    results = {
-        "recipe": recipe.name,
-        "direction": f"{d.src}-{d.tgt}",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_pairs": len(train_set),
-        "cleaning": cleaning,
-        "padding_fraction": round(trainer.batch_sampler.padding_fraction(), 4),
-        "steps": trainer.state.global_step,
-        "train_seconds": round(train_seconds, 1),
-        "averaged_checkpoints": averaged,
-        "validation_bleu": validation_bleu,
-        "best_validation_step": best["step"] if best else None,
-        "best_validation_bleu": best["bleu"] if best else None,
-        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}, transformers {transformers.__version__}",
-    }
+    results = RunResults(
+        recipe=recipe.name, src=d.src, tgt=d.tgt,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_pairs=len(train_set), cleaning=cleaning,
+        padding_fraction=round(trainer.batch_sampler.padding_fraction(), 4),
+        steps=trainer.state.global_step, train_seconds=round(train_seconds, 1),
+        machine=f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+                f"transformers {transformers.__version__}",
+        averaged_checkpoints=averaged, validation_bleu=validation_bleu,
+        best_validation_step=best["step"] if best else None, best_validation_bleu=best["bleu"] if best else None,
+    )
     if d.test:
         test = raw[d.test]
         if d.test_size:
             test = test.select(range(min(d.test_size, len(test))))
-        sources = [p[d.src] for p in test["translation"]]
-        references = [p[d.tgt] for p in test["translation"]]
-        hypotheses = translate(model, tokenizer, sources, batch_size=g.eval_batch_size, **decoding)
-        (run_dir / f"{d.test}.hyp.{d.tgt}").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-        examples = [{"source": sources[i], "reference": references[i], "translation": hypotheses[i]}
-                    for i in range(0, min(len(sources), 500), 100)]
-        results["test"] = {"split": d.test, "sentences": len(sources), "num_beams": g.num_beams,
-                           "length_penalty": g.length_penalty, **score(hypotheses, references), "examples": examples}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+        def translate_lines(lines: list[str]) -> list[str]:
+            return translate(model, tokenizer, lines, batch_size=g.eval_batch_size, **decoding)
+
+        results.test = evaluate_split(translate_lines, test, d.test, langs, run_dir, g.num_beams, g.length_penalty)
+    results.save(run_dir / "results.json")
     render_card(run_dir)
     write_log_csv(trainer.state.log_history, run_dir / "log.csv")
     plot_curves(trainer.state.log_history, run_dir / "curves.png", title=f"{recipe.name} ({d.src}->{d.tgt})")
