@@ -28,6 +28,17 @@ def tiny_model(seed: int = 0, **overrides) -> VanillaTransformerForConditionalGe
     return VanillaTransformerForConditionalGeneration(config).eval()
 
 
+def tiny_model_folder(data_dir: Path, folder: Path, positions: int) -> Path:
+    """A tiny (untrained) model with a tokenizer trained on Multi30k val, saved like a run's model folder."""
+    from vanilla_transformer import train_tokenizer
+
+    tokenizer = train_tokenizer([data_dir / "multi30k/val.de", data_dir / "multi30k/val.en"], vocab_size=500,
+                                show_progress=False)
+    tiny_model(vocab_size=len(tokenizer), max_position_embeddings=positions).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def random_batch(batch: int, length: int, vocab: int = 99, seed: int = 0) -> torch.Tensor:
     """Token ids that avoid the four special tokens."""
     generator = torch.Generator().manual_seed(seed)

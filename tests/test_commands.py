@@ -6,22 +6,15 @@ import sys
 
 import pytest
 import sacrebleu
-from conftest import tiny_model
+from conftest import tiny_model_folder
 
-from vanilla_transformer import train_tokenizer
 from vanilla_transformer.cli import main
 from vanilla_transformer.evaluation import score
 
 
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory):
-    """A tiny (untrained) model with a tokenizer trained on Multi30k val, saved like a run's model folder."""
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = train_tokenizer([data_dir / "multi30k/val.de", data_dir / "multi30k/val.en"], vocab_size=500,
-                                show_progress=False)
-    tiny_model(vocab_size=len(tokenizer), max_position_embeddings=128).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(data_dir, tmp_path_factory.mktemp("model"), positions=128)
 
 
 def test_bleu_through_evaluate_equals_sacrebleu(data_dir):

@@ -8,12 +8,10 @@ import torch.nn.functional as F
 from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 
-from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, modeling
+from vanilla_transformer.kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
 from vanilla_transformer.modeling import (
     CACHE_FIELD,
-    LabelSmoothedCrossEntropy,
-    MultiHeadAttention,
-    apply_dropout,
     sinusoidal_table,
 )
 
@@ -145,7 +143,7 @@ def test_bf16_autocast_takes_the_plain_attention_and_stays_close_to_fp32():
     with torch.no_grad():
         fp32 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert model.model.encoder.layers[0].self_attn.prefers_eager(torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
+            assert prefers_eager(model.config, torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
             bf16 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
@@ -158,20 +156,23 @@ def test_cpu_attention_path_follows_the_measured_crossings():
     def query(batch, length, dtype=torch.float32):
         return torch.zeros(batch, 4, length, 8, dtype=dtype)
 
-    assert not attention.prefers_eager(query(128, 32))  # fp32 training and encoding
-    assert not attention.prefers_eager(query(8, 1))  # fp32, a few sequences decoding
-    assert attention.prefers_eager(query(64, 1))  # fp32, many sequences or beams decoding
-    assert attention.prefers_eager(query(128, 32, torch.bfloat16))
-    assert not attention.prefers_eager(query(1, 1, torch.bfloat16))  # bf16, one sequence decoding
+    assert not prefers_eager(attention.config, query(128, 32))  # fp32 training and encoding
+    assert not prefers_eager(attention.config, query(8, 1))  # fp32, a few sequences decoding
+    assert prefers_eager(attention.config, query(64, 1))  # fp32, many sequences or beams decoding
+    assert prefers_eager(attention.config, query(128, 32, torch.bfloat16))
+    assert not prefers_eager(attention.config, query(1, 1, torch.bfloat16))  # bf16, one sequence decoding
     attention.config._attn_implementation = "eager"
-    assert not attention.prefers_eager(query(64, 1))  # nothing to prefer: it is eager already
+    assert not prefers_eager(attention.config, query(64, 1))  # nothing to prefer: it is eager already
+    attention.config._attn_implementation = "sdpa"
+    attention.config.cpu_attention_by_shape = False
+    assert not prefers_eager(attention.config, query(64, 1))  # the switch: SDPA everywhere
 
 
 def test_decoding_many_beams_through_the_plain_path_gives_sdpa_tokens(monkeypatch):
     model = tiny_model()
     src, mask, _ = padded_batch([4, 7, 2, 6, 5])
     plain = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10)  # 20 beams: the plain path
-    monkeypatch.setattr(MultiHeadAttention, "prefers_eager", lambda self, query: False)
+    monkeypatch.setattr(modeling, "prefers_eager", lambda config, query: False)
     assert torch.equal(model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10), plain)
 
 
@@ -302,7 +303,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     plain, _ = grads(False)
     checkpointed, model = grads(True)
-    assert model.model.encoder.gradient_checkpointing
+    layers = [*model.model.encoder.layers, *model.model.decoder.layers]
+    assert all(layer.gradient_checkpointing for layer in layers)  # transformers' GradientCheckpointingLayer
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b)
 

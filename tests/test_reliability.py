@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_model, tiny_recipe, write_pairs
+from conftest import REPO, tiny_model_folder, tiny_recipe, write_pairs
 import transformers
 from safetensors.torch import load_file
 from transformers import GenerationConfig
 from test_training import complete_json, train_args
 
-from vanilla_transformer import train_tokenizer
 from vanilla_transformer.cli import main
 from vanilla_transformer.training.average import average_checkpoints
 from vanilla_transformer.training.checkpoints import CheckpointError, last_checkpoints, problem, resume_checkpoint
@@ -206,13 +205,7 @@ def test_two_process_run_killed_in_its_second_epoch_resumes_like_an_unbroken_one
 
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory):
-    """A tiny untrained model with 48 positions and a Multi30k tokenizer, saved as a model folder."""
-    folder = tmp_path_factory.mktemp("model")
-    tokenizer = train_tokenizer([data_dir / "multi30k/val.de", data_dir / "multi30k/val.en"], vocab_size=500,
-                                show_progress=False)
-    tiny_model(vocab_size=len(tokenizer), max_position_embeddings=48).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return tiny_model_folder(data_dir, tmp_path_factory.mktemp("model"), positions=48)
 
 
 def translate_stdin(model_dir: Path, data: bytes) -> subprocess.CompletedProcess:

@@ -18,6 +18,7 @@ from vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
 )
+from vanilla_transformer.kernels import prefers_eager
 
 
 def count_parameters(model) -> int:
@@ -53,7 +54,7 @@ def test_loads_in_bf16_and_generates_with_the_plain_attention(tmp_path):
         bf16 = loaded(input_ids=src, decoder_input_ids=tgt).logits
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
-    assert loaded.model.encoder.layers[0].self_attn.prefers_eager(torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
+    assert prefers_eager(loaded.config, torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
     out = loaded.generate(src, num_beams=4, max_new_tokens=8, min_new_tokens=8)
     assert out.shape == (2, 9)
 

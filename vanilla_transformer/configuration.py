@@ -57,6 +57,7 @@ class VanillaTransformerConfig(PretrainedConfig):
         eos_token_id=2,  # </s>
         decoder_start_token_id=1,  # first decoder input: <s>
         use_cache=True,  # keep keys/values during generation
+        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA (kernels.prefers_eager); False: SDPA
         **kwargs,
     ):
         kwargs.setdefault("is_encoder_decoder", True)
@@ -88,6 +89,7 @@ class VanillaTransformerConfig(PretrainedConfig):
         self.eos_token_id = eos_token_id
         self.decoder_start_token_id = decoder_start_token_id
         self.use_cache = use_cache
+        self.cpu_attention_by_shape = cpu_attention_by_shape
         self.check()
 
     @property

@@ -1,7 +1,8 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) in PyTorch.
 
-Everything the forward pass needs is in this file, so a Hub repo can ship it as remote code: it imports only
-torch, transformers and the configuration.
+Everything the forward pass needs is in this file and the two beside it (configuration.py, and kernels.py: the CPU
+speed kernels, which change no result), so a Hub repo ships all three as remote code; they import only torch and
+transformers.
 """
 
 import math
@@ -9,14 +10,20 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import VanillaTransformerConfig
+from .kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
 
 # transformers 5 renamed the cache argument and output field `past_key_values` to `cache`.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
@@ -36,87 +43,6 @@ def sinusoidal_table(num_positions: int, d_model: int, layout: str = "interleave
     table[:, 0::2] = angles.sin()
     table[:, 1::2] = angles.cos()
     return table.float()
-
-
-class LabelSmoothedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy against the smoothed target (1 - eps) * one-hot + eps / V; labels of -100 count nothing.
-
-    It equals F.cross_entropy(logits.float(), labels, label_smoothing=eps, reduction="sum"). The gradient,
-    softmax(logits) - target, is written in one pass per chunk of rows, in fp32 whatever the logits' dtype, so
-    neither the log-probabilities nor an fp32 copy of bf16 logits is ever held whole (benchmarks/bench_loss.py).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
-        valid = labels != -100
-        target = labels.masked_fill(~valid, 0)
-        log_normalizer = logits.new_empty(len(logits), dtype=torch.float32)
-        losses = torch.empty_like(log_normalizer)
-        for rows in row_chunks(logits):
-            z = logits[rows].float()
-            log_normalizer[rows] = z.logsumexp(-1)
-            # -sum_k q_k log p_k = logsumexp(z) - (1 - eps) z_y - eps mean_k(z_k)
-            z_target = z.gather(1, target[rows, None]).squeeze(1)
-            losses[rows] = log_normalizer[rows] - (1 - epsilon) * z_target - epsilon * z.mean(-1)
-        ctx.save_for_backward(logits, log_normalizer, target, valid)
-        ctx.epsilon = epsilon
-        return losses.masked_fill(~valid, 0).sum()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, log_normalizer, target, valid = ctx.saved_tensors
-        epsilon, vocab = ctx.epsilon, logits.shape[-1]
-        weight = (grad_loss * valid).float()[:, None]
-        grad = torch.empty_like(logits)
-        for rows in row_chunks(logits):
-            # Computed in place in an fp32 gradient; through an fp32 copy of the chunk for a bf16 one.
-            out = grad[rows]
-            g = out.copy_(logits[rows]) if out.dtype == torch.float32 else logits[rows].float()
-            g.sub_(log_normalizer[rows, None]).exp_().sub_(epsilon / vocab)  # softmax - eps / V
-            g.scatter_add_(1, target[rows, None], g.new_full((len(g), 1), epsilon - 1))  # - (1 - eps) at the label
-            g.mul_(weight[rows])
-            if g is not out:
-                out.copy_(g)
-        return grad, None, None
-
-
-class InvertedDropout(torch.autograd.Function):
-    """Inverted dropout whose mask costs a quarter of the random draws: each 64-bit draw gives four 16-bit numbers.
-
-    An element is kept when its number is at least round(p * 65536) - 32768, so with probability 1 - p rounded to
-    1/65536 (0.9 for p = 0.1 to within 6e-6), and scaled by 1 / (1 - p). bernoulli_, inside F.dropout, draws one
-    number per element: on CPU that makes dropout about 2x slower forward + backward (benchmarks/bench_dropout.py).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        draws = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
-        keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= round(p * 65536) - 32768
-        ctx.save_for_backward(keep)
-        ctx.scale = 1 / (1 - p)
-        return torch.where(keep, x, 0).mul_(ctx.scale)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0).mul_(ctx.scale), None
-
-
-def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """F.dropout, with InvertedDropout's cheaper mask when training on CPU (elsewhere torch's kernels are fused)."""
-    if not training or p == 0:
-        return x
-    if x.is_cpu and p < 1 and not torch.compiler.is_compiling():
-        return InvertedDropout.apply(x, p)
-    return F.dropout(x, p, training)
-
-
-def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
-    """Slices of rows holding about `elements` values (8 MB in fp32): small enough to stay in the CPU's cache."""
-    step = max(1, elements // logits.shape[-1])
-    return [slice(start, start + step) for start in range(0, len(logits), step)]
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -188,19 +114,6 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = fused_linear(config.d_model, 3)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
 
-    def prefers_eager(self, query: torch.Tensor) -> bool:
-        """Whether plain matmul-softmax-matmul beats SDPA here, as measured on CPU (benchmarks/bench_attention.py)."""
-        if self.config._attn_implementation != "sdpa" or not query.is_cpu:
-            return False
-        batch, _, query_length, _ = query.shape
-        if query.dtype == torch.bfloat16:
-            # SDPA's bf16 kernel is 4x slower in training and 1.3-7x slower decoding 8 to 256 sequences; only a
-            # few sequences decoding one token at a time go faster through it, where its lower overhead counts.
-            return batch * query_length > 4
-        # fp32: SDPA wins on whole sequences (training, the encoder), but one new token per sequence, as in
-        # decoding, goes 1.2-1.8x faster through plain matmuls from 16 sequences (or beams) on.
-        return query_length == 1 and batch >= 16
-
     def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
         """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
         batch, time, _ = x.shape
@@ -235,7 +148,7 @@ class MultiHeadAttention(nn.Module):
 
         # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
         # Both lookups are spelled out: each major version recognises its own before set_attn_implementation works.
-        if output_attentions or self.config._attn_implementation == "eager" or self.prefers_eager(q):
+        if output_attentions or self.config._attn_implementation == "eager" or prefers_eager(self.config, q):
             attention = eager_attention_forward
         elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
             attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
@@ -299,7 +212,7 @@ class ResidualLayerNorm(nn.LayerNorm):
         return x if self.norm_first else self(x)
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(GradientCheckpointingLayer):
     """Self-attention, then a feed-forward network, each in a residual connection with LayerNorm (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig):
@@ -317,7 +230,7 @@ class EncoderLayer(nn.Module):
         return x, weights
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(GradientCheckpointingLayer):
     """Masked self-attention, attention over the encoder output, then a feed-forward network (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
@@ -356,7 +269,6 @@ class TransformerStack(nn.Module):
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
         # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
         self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
-        self.gradient_checkpointing = False
 
     def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The embedded tokens at `positions` (0, 1, ... by default)."""
@@ -374,11 +286,6 @@ class TransformerStack(nn.Module):
         x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
         return apply_dropout(x, self.config.dropout, self.training)
 
-    def run_layer(self, layer, *args):
-        if self.gradient_checkpointing and self.training:
-            return self._gradient_checkpointing_func(layer.__call__, *args)
-        return layer(*args)
-
 
 class TransformerEncoder(TransformerStack):
     """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
@@ -389,12 +296,13 @@ class TransformerEncoder(TransformerStack):
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
                 output_hidden_states=None, return_dict=True) -> BaseModelOutput:
+        # return_dict is there because generate() passes return_dict=True to the encoder; the output is always one.
         x = self.embed(input_ids, inputs_embeds)
         mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
         hidden_states, attentions = [], []
         for layer in self.layers:
             hidden_states.append(x)
-            x, weights = self.run_layer(layer, x, mask, bool(output_attentions))
+            x, weights = layer(x, mask=mask, output_attentions=bool(output_attentions))
             attentions.append(weights)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
@@ -457,21 +365,22 @@ class TransformerDecoder(TransformerStack):
         hidden_states, self_attentions, cross_attentions = [], [], []
         for layer in self.layers:
             hidden_states.append(x)
-            x, self_weights, cross_weights = self.run_layer(
-                layer, x, encoder_hidden_states, self_mask, is_causal, memory_mask, cache, bool(output_attentions),
-                positions,
+            # The tensors that need gradients go by position, as checkpointing with use_reentrant=True requires.
+            x, self_weights, cross_weights = layer(
+                x, encoder_hidden_states, self_mask=self_mask, is_causal=is_causal, memory_mask=memory_mask,
+                cache=cache, output_attentions=bool(output_attentions), cache_position=positions,
             )
             self_attentions.append(self_weights)
             cross_attentions.append(cross_weights)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         hidden_states.append(x)
-        return (
-            x,
-            cache if use_cache else None,
-            tuple(hidden_states) if output_hidden_states else None,
-            tuple(self_attentions) if output_attentions else None,
-            tuple(cross_attentions) if output_attentions else None,
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(self_attentions) if output_attentions else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions else None,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -574,14 +483,15 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_ids, attention_mask, inputs_embeds, output_attentions,
-                                           output_hidden_states)
+            encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                           inputs_embeds=inputs_embeds, output_attentions=output_attentions,
+                                           output_hidden_states=output_hidden_states)
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
-        last_hidden_state, cache, hidden_states, self_attentions, cross_attentions = self.decoder(
-            decoder_input_ids,
-            encoder_outputs.last_hidden_state,
+        decoder_outputs = self.decoder(
+            input_ids=decoder_input_ids,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
             attention_mask=decoder_attention_mask,
             inputs_embeds=decoder_inputs_embeds,
@@ -591,14 +501,14 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
         )
         output = Seq2SeqModelOutput(
-            last_hidden_state=last_hidden_state,
-            decoder_hidden_states=hidden_states,
-            decoder_attentions=self_attentions,
-            cross_attentions=cross_attentions,
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
-            **{CACHE_FIELD: cache},
+            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
         )
         return output if return_dict is not False else output.to_tuple()
 

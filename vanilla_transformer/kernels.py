@@ -1,0 +1,112 @@
+"""CPU speed kernels of the model: they change no result, only how fast it is computed (benchmarks/ measure each).
+
+- LabelSmoothedCrossEntropy: the loss and its gradient in one pass per chunk of rows, in fp32 whatever the logits'.
+- InvertedDropout: dropout whose mask costs a quarter of the random draws.
+- prefers_eager: the attention kernel per shape on CPU (plain matmuls or SDPA), from measurements.
+
+Ships beside modeling.py as Hub remote code; imports only torch.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+class LabelSmoothedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy against the smoothed target (1 - eps) * one-hot + eps / V; labels of -100 count nothing.
+
+    It equals F.cross_entropy(logits.float(), labels, label_smoothing=eps, reduction="sum"). The gradient,
+    softmax(logits) - target, is written in one pass per chunk of rows, in fp32 whatever the logits' dtype, so
+    neither the log-probabilities nor an fp32 copy of bf16 logits is ever held whole (benchmarks/bench_loss.py).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+        valid = labels != -100
+        target = labels.masked_fill(~valid, 0)
+        log_normalizer = logits.new_empty(len(logits), dtype=torch.float32)
+        losses = torch.empty_like(log_normalizer)
+        for rows in row_chunks(logits):
+            z = logits[rows].float()
+            log_normalizer[rows] = z.logsumexp(-1)
+            # -sum_k q_k log p_k = logsumexp(z) - (1 - eps) z_y - eps mean_k(z_k)
+            z_target = z.gather(1, target[rows, None]).squeeze(1)
+            losses[rows] = log_normalizer[rows] - (1 - epsilon) * z_target - epsilon * z.mean(-1)
+        ctx.save_for_backward(logits, log_normalizer, target, valid)
+        ctx.epsilon = epsilon
+        return losses.masked_fill(~valid, 0).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, log_normalizer, target, valid = ctx.saved_tensors
+        epsilon, vocab = ctx.epsilon, logits.shape[-1]
+        weight = (grad_loss * valid).float()[:, None]
+        grad = torch.empty_like(logits)
+        for rows in row_chunks(logits):
+            # Computed in place in an fp32 gradient; through an fp32 copy of the chunk for a bf16 one.
+            out = grad[rows]
+            g = out.copy_(logits[rows]) if out.dtype == torch.float32 else logits[rows].float()
+            g.sub_(log_normalizer[rows, None]).exp_().sub_(epsilon / vocab)  # softmax - eps / V
+            g.scatter_add_(1, target[rows, None], g.new_full((len(g), 1), epsilon - 1))  # - (1 - eps) at the label
+            g.mul_(weight[rows])
+            if g is not out:
+                out.copy_(g)
+        return grad, None, None
+
+
+class InvertedDropout(torch.autograd.Function):
+    """Inverted dropout whose mask costs a quarter of the random draws: each 64-bit draw gives four 16-bit numbers.
+
+    An element is kept when its number is at least round(p * 65536) - 32768, so with probability 1 - p rounded to
+    1/65536 (0.9 for p = 0.1 to within 6e-6), and scaled by 1 / (1 - p). bernoulli_, inside F.dropout, draws one
+    number per element: on CPU that makes dropout about 2x slower forward + backward (benchmarks/bench_dropout.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        draws = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+        keep = draws.view(torch.int16)[: x.numel()].view(x.shape) >= round(p * 65536) - 32768
+        ctx.save_for_backward(keep)
+        ctx.scale = 1 / (1 - p)
+        return torch.where(keep, x, 0).mul_(ctx.scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None
+
+
+def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, with InvertedDropout's cheaper mask when training on CPU (elsewhere torch's kernels are fused)."""
+    if not training or p == 0:
+        return x
+    if x.is_cpu and p < 1 and not torch.compiler.is_compiling():
+        return InvertedDropout.apply(x, p)
+    return F.dropout(x, p, training)
+
+
+def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
+    """Slices of rows holding about `elements` values (8 MB in fp32): small enough to stay in the CPU's cache."""
+    step = max(1, elements // logits.shape[-1])
+    return [slice(start, start + step) for start in range(0, len(logits), step)]
+
+
+def prefers_eager(config, query: torch.Tensor) -> bool:
+    """Whether plain matmul-softmax-matmul beats SDPA for this query on CPU (benchmarks/bench_attention.py).
+
+    Only when the model runs SDPA on CPU and config.cpu_attention_by_shape is on (the default); turn it off for SDPA
+    everywhere: from_pretrained(..., cpu_attention_by_shape=False).
+    """
+    by_shape = getattr(config, "cpu_attention_by_shape", True)
+    if config._attn_implementation != "sdpa" or not query.is_cpu or not by_shape:
+        return False
+    batch, _, query_length, _ = query.shape
+    if query.dtype == torch.bfloat16:
+        # SDPA's bf16 kernel is 4x slower in training and 1.3-7x slower decoding 8 to 256 sequences; only a
+        # few sequences decoding one token at a time go faster through it, where its lower overhead counts.
+        return batch * query_length > 4
+    # fp32: SDPA wins on whole sequences (training, the encoder), but one new token per sequence, as in
+    # decoding, goes 1.2-1.8x faster through plain matmuls from 16 sequences (or beams) on.
+    return query_length == 1 and batch >= 16
