@@ -288,9 +288,10 @@ def test_model_card_takes_language_codes_with_hyphens(run_dir, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    recipe = json.loads((run / "recipe.json").read_text())
-    recipe["data"]["src"] = "pt-BR"
-    (run / "recipe.json").write_text(json.dumps(recipe))
+    for name, section in (("recipe.json", "data"), ("results.json", None)):
+        values = json.loads((run / name).read_text())
+        (values[section] if section else values)["src"] = "pt-BR"
+        (run / name).write_text(json.dumps(values))
     card = render_card(run)
     assert card.data.language == ["pt-BR", "en"] and "pt-BR→en" in card.text
 
