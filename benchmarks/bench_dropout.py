@@ -1,5 +1,5 @@
-"""Dropout alone, forward + backward: the model's InvertedDropout (kernels.py) (four 16-bit numbers per 64-bit random draw)
-vs F.dropout.
+"""Dropout alone, forward + backward: the model's InvertedDropout (kernels.py; four 16-bit numbers per 64-bit
+random draw) vs F.dropout.
 
 One base-shape activation (128 x 32 tokens x 512), p = 0.1, fp32 and bf16 (as under bf16 autocast). Also reports the
 kept fraction, which should be 1 - p. Prints one JSON object.

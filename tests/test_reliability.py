@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_model_folder, tiny_recipe, write_pairs
 import transformers
+from conftest import REPO, tiny_model_folder, tiny_recipe, write_pairs
 from safetensors.torch import load_file
-from transformers import GenerationConfig
 from test_training import complete_json, train_args
+from transformers import GenerationConfig
 
 from vanilla_transformer.cli import main
 from vanilla_transformer.training.average import average_checkpoints
