@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, MarianConfig, MarianMTModel
+from transformers import GenerationConfig, MarianConfig, MarianMTModel
 
 from ..configuration import ACTIVATIONS, VanillaTransformerConfig
 from ..hub.export import make_portable
-from ..hub.source import model_source
+from ..hub.source import load_tokenizer, model_source
 from ..modeling import VanillaTransformerForConditionalGeneration
 
 
@@ -125,13 +125,7 @@ def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> Vanill
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: exists and is not empty")
     marian = MarianMTModel.from_pretrained(source)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError, ImportError) as error:
-        raise FileNotFoundError(f"{source}: no usable tokenizer (Marian's source.spm, target.spm and vocab.json): "
-                                f"{type(error).__name__}: {error}") from None
-    if tokenizer is None or not callable(tokenizer):
-        raise FileNotFoundError(f"{source}: no tokenizer files (Marian's source.spm, target.spm and vocab.json)")
+    tokenizer = load_tokenizer(source, "a Marian folder needs source.spm, target.spm and vocab.json")
     model = convert_marian(marian)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
@@ -228,8 +222,8 @@ def export_marian_checkpoint(source: str | Path, out_dir: str | Path) -> MarianM
     """A MarianMTModel folder from a model folder of ours, with our tokenizer (which any transformers loads)."""
     source = model_source(source)
     model = VanillaTransformerForConditionalGeneration.from_pretrained(source).eval()
+    tokenizer = load_tokenizer(source, "the Marian folder carries it")  # before anything is written
     marian = export_marian(model)
     marian.save_pretrained(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.save_pretrained(out_dir)
     return marian

@@ -15,7 +15,7 @@ from ctranslate2.specs import common_spec, transformer_spec
 from transformers import AutoTokenizer
 
 from ..evaluation import encode_to_fit
-from ..hub.source import model_source
+from ..hub.source import load_tokenizer, model_source
 
 ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
                "swish": common_spec.Activation.SWISH, "silu": common_spec.Activation.SWISH}
@@ -34,13 +34,7 @@ class VanillaTransformerConverter(Converter):
         if self.model.config.model_type != "vanilla_transformer":
             raise ValueError(f"{model_dir}: a {self.model.config.model_type} model, not a vanilla_transformer one "
                              "(convert Marian models with `vanilla-transformer convert-marian` first)")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError, TypeError, ImportError) as error:
-            raise FileNotFoundError(f"{model_dir}: no usable tokenizer ({error}); the engine needs its tokens"
-                                    ) from None
-        if self.tokenizer is None or not callable(self.tokenizer):
-            raise FileNotFoundError(f"{model_dir}: no tokenizer files; the engine needs its tokens")
+        self.tokenizer = load_tokenizer(source, "the engine needs its tokens")
 
     def _load(self):
         config, model = self.model.config, self.model

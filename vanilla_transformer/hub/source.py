@@ -20,3 +20,18 @@ def model_source(source: str | Path, needs: tuple[str, ...] = ("config.json",)) 
         if not (path / name).is_file():
             raise FileNotFoundError(f"{text}: no {name} here, so this is not a saved model folder")
     return text
+
+
+def load_tokenizer(source: str, needed_for: str):
+    """The tokenizer saved with a model, or a FileNotFoundError naming the folder (a Marian folder without its
+    .spm files makes transformers raise TypeError or ImportError, or return None)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError, ImportError) as error:
+        raise FileNotFoundError(f"{source}: no usable tokenizer ({type(error).__name__}: {error}); "
+                                f"{needed_for}") from None
+    if tokenizer is None or not callable(tokenizer):
+        raise FileNotFoundError(f"{source}: no tokenizer files; {needed_for}")
+    return tokenizer
