@@ -136,42 +136,64 @@ def test_generate_with_and_without_cache_agree(num_beams):
     assert torch.equal(with_cache, without)
 
 
-def test_bf16_autocast_takes_the_plain_attention_and_stays_close_to_fp32():
+def test_bf16_autocast_stays_close_to_fp32():
     model = tiny_model(**VARIANTS["paper"])
     src, mask, _ = padded_batch([6, 3])
     tgt = random_batch(2, 5, seed=4)
     with torch.no_grad():
         fp32 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert prefers_eager(model.config, torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16))
             bf16 = model(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
 
 
 def test_cpu_attention_path_follows_the_measured_crossings():
-    """SDPA where benchmarks/bench_attention.py finds it faster on CPU, the plain path elsewhere."""
+    """SDPA where benchmarks/bench_attention.py finds it faster on each CPU class, the plain path elsewhere."""
     attention = tiny_model().model.decoder.layers[0].self_attn
 
-    def query(batch, length, dtype=torch.float32):
-        return torch.zeros(batch, 4, length, 8, dtype=dtype)
+    def plain(batch, length, dtype=torch.float32, capability="AVX512"):
+        return prefers_eager(attention.config, torch.zeros(batch, 4, length, 8, dtype=dtype), capability)
 
-    assert not prefers_eager(attention.config, query(128, 32))  # fp32 training and encoding
-    assert not prefers_eager(attention.config, query(8, 1))  # fp32, a few sequences decoding
-    assert prefers_eager(attention.config, query(64, 1))  # fp32, many sequences or beams decoding
-    assert prefers_eager(attention.config, query(128, 32, torch.bfloat16))
-    assert not prefers_eager(attention.config, query(1, 1, torch.bfloat16))  # bf16, one sequence decoding
+    assert not plain(128, 32)  # fp32 training and encoding
+    assert not plain(8, 1)  # fp32, a few sequences decoding
+    assert plain(16, 1) and plain(64, 1)  # fp32, many sequences or beams decoding
+    assert plain(128, 32, torch.bfloat16)
+    assert not plain(1, 1, torch.bfloat16)  # bf16, one sequence decoding
+    # An AVX2-only CPU crosses later in fp32 and never in bf16; an unmeasured one keeps SDPA.
+    assert not plain(128, 32, capability="AVX2") and not plain(16, 1, capability="AVX2")
+    assert plain(64, 1, capability="AVX2")
+    assert not plain(128, 32, torch.bfloat16, capability="AVX2")
+    assert not plain(64, 1, capability="DEFAULT")
     attention.config._attn_implementation = "eager"
-    assert not prefers_eager(attention.config, query(64, 1))  # nothing to prefer: it is eager already
+    assert not plain(64, 1)  # nothing to prefer: it is eager already
     attention.config._attn_implementation = "sdpa"
     attention.config.cpu_attention_by_shape = False
-    assert not prefers_eager(attention.config, query(64, 1))  # the switch: SDPA everywhere
+    assert not plain(64, 1)  # the switch: SDPA everywhere
+
+
+@pytest.mark.parametrize("how", ["from_pretrained", "set_attn_implementation"])
+def test_sdpa_asked_for_by_name_is_sdpa_at_every_shape(tmp_path, how):
+    tiny_model().save_pretrained(tmp_path)
+    query = torch.zeros(64, 4, 1, 8)
+    default = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path)
+    assert prefers_eager(default.config, query, "AVX512")
+    if how == "from_pretrained":
+        named = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa")
+    else:
+        named = default
+        named.set_attn_implementation("sdpa")
+    assert not prefers_eager(named.config, query, "AVX512")
+    named.save_pretrained(tmp_path / "again")  # how it was loaded is not saved with it
+    again = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path / "again")
+    assert prefers_eager(again.config, query, "AVX512")
 
 
 def test_decoding_many_beams_through_the_plain_path_gives_sdpa_tokens(monkeypatch):
     model = tiny_model()
     src, mask, _ = padded_batch([4, 7, 2, 6, 5])
-    plain = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10)  # 20 beams: the plain path
+    monkeypatch.setattr(modeling, "prefers_eager", lambda config, query: True)
+    plain = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10)
     monkeypatch.setattr(modeling, "prefers_eager", lambda config, query: False)
     assert torch.equal(model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10), plain)
 

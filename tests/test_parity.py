@@ -188,7 +188,7 @@ def test_one_layer_encoder_matches_the_papers_equations():
             attention = torch.cat(heads, dim=-1) @ W_o.T + b_o
             x = layer_norm(x + attention, layer.self_attn_layer_norm)
             ffn = F.relu(x @ layer.ffn.fc1.weight.T + layer.ffn.fc1.bias) @ layer.ffn.fc2.weight.T + layer.ffn.fc2.bias
-            x = layer_norm(x + ffn, layer.final_layer_norm)
+            x = layer_norm(x + ffn, layer.ffn_layer_norm)
             torch.testing.assert_close(actual[b, :n], x[:n], atol=1e-5, rtol=0)
 
 

@@ -57,7 +57,7 @@ class VanillaTransformerConfig(PretrainedConfig):
         eos_token_id=2,  # </s>
         decoder_start_token_id=1,  # first decoder input: <s>
         use_cache=True,  # keep keys/values during generation
-        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA (kernels.prefers_eager); False: SDPA
+        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA on this CPU class (kernels.prefers_eager); False: SDPA
         **kwargs,
     ):
         kwargs.setdefault("is_encoder_decoder", True)
@@ -91,6 +91,11 @@ class VanillaTransformerConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.cpu_attention_by_shape = cpu_attention_by_shape
         self.check()
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("_attention_named", None)  # how this process loaded the model, not part of it
+        return output
 
     @property
     def target_vocab_size(self) -> int:

@@ -2,10 +2,12 @@
 
 - LabelSmoothedCrossEntropy: the loss and its gradient in one pass per chunk of rows, in fp32 whatever the logits'.
 - InvertedDropout: dropout whose mask costs a quarter of the random draws.
-- prefers_eager: the attention kernel per shape on CPU (plain matmuls or SDPA), from measurements.
+- prefers_eager: the attention kernel per shape and CPU class (plain matmuls or SDPA), from measurements.
 
 Ships beside modeling.py as Hub remote code; imports only torch.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -93,20 +95,36 @@ def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
     return [slice(start, start + step) for start in range(0, len(logits), step)]
 
 
-def prefers_eager(config, query: torch.Tensor) -> bool:
-    """Whether plain matmul-softmax-matmul beats SDPA for this query on CPU (benchmarks/bench_attention.py).
+def prefers_eager(config, query: torch.Tensor, capability: str | None = None) -> bool:
+    """Whether plain matmul-softmax-matmul beats SDPA for this query on this CPU (benchmarks/bench_attention.py).
 
-    Only when the model runs SDPA on CPU and config.cpu_attention_by_shape is on (the default); turn it off for SDPA
-    everywhere: from_pretrained(..., cpu_attention_by_shape=False).
+    Only for the default kernel: not when attn_implementation was asked for by name (the model then uses it at every
+    shape), nor with config.cpu_attention_by_shape=False. `capability` is torch's name for the CPU's vector
+    instructions (torch.backends.cpu.get_cpu_capability(), which ATEN_CPU_CAPABILITY overrides); the crossings were
+    measured on an AVX-512 BF16 CPU and an AVX2-only one, and any other CPU keeps SDPA. docs/performance.md has the
+    tables.
     """
-    by_shape = getattr(config, "cpu_attention_by_shape", True)
-    if config._attn_implementation != "sdpa" or not query.is_cpu or not by_shape:
+    if (config._attn_implementation != "sdpa" or not query.is_cpu or not config.cpu_attention_by_shape
+            or getattr(config, "_attention_named", False)):
         return False
+    capability = capability or cpu_capability()
     batch, _, query_length, _ = query.shape
-    if query.dtype == torch.bfloat16:
-        # SDPA's bf16 kernel is 4x slower in training and 1.3-7x slower decoding 8 to 256 sequences; only a
-        # few sequences decoding one token at a time go faster through it, where its lower overhead counts.
-        return batch * query_length > 4
-    # fp32: SDPA wins on whole sequences (training, the encoder), but one new token per sequence, as in
-    # decoding, goes 1.2-1.8x faster through plain matmuls from 16 sequences (or beams) on.
-    return query_length == 1 and batch >= 16
+    decoding = query_length == 1
+    if capability.startswith("AVX512"):
+        if query.dtype == torch.bfloat16:
+            # SDPA's bf16 kernel is 4x slower in training and 1.3-7x slower decoding 8 to 256 sequences; only a
+            # few sequences decoding one token at a time go faster through it, where its lower overhead counts.
+            return batch * query_length > 4
+        # fp32: SDPA wins on whole sequences (training, the encoder), but one new token per sequence, as in
+        # decoding, goes 1.2-1.8x faster through plain matmuls from 16 sequences (or beams) on.
+        return decoding and batch >= 16
+    if capability == "AVX2":
+        # SDPA wins everywhere in bf16 (emulated on such a CPU) and in training; fp32 decoding crosses between 16
+        # and 64 sequences: plain is 1.2-1.3x faster from 64 on.
+        return query.dtype == torch.float32 and decoding and batch >= 64
+    return False
+
+
+@functools.cache
+def cpu_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability()

@@ -192,66 +192,63 @@ class FeedForward(nn.Module):
         return self.fc2(x)
 
 
-class ResidualLayerNorm(nn.LayerNorm):
-    """The residual connection and LayerNorm around a sub-layer: LayerNorm(x + Sublayer(x)) (Section 3.1).
-
-    "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and normalized."
-    With config.norm_first the norm moves inside the residual branch instead: x + Sublayer(LayerNorm(x)).
-    """
+class ResidualLayer(GradientCheckpointingLayer):
+    """What the encoder and decoder layers share: a residual connection around each sub-layer, with LayerNorm."""
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__(config.d_model, eps=config.layer_norm_eps)
+        super().__init__()
         self.norm_first = config.norm_first
         self.dropout = config.dropout
 
-    def sublayer_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x) if self.norm_first else x
+    def residual(self, norm: nn.LayerNorm, sublayer: nn.Module, x: torch.Tensor, **kwargs):
+        """LayerNorm(x + Sublayer(x)) (Section 3.1); returns it with the sub-layer's attention weights, if any.
 
-    def add(self, x: torch.Tensor, sublayer_output: torch.Tensor) -> torch.Tensor:
-        x = x + apply_dropout(sublayer_output, self.dropout, self.training)
-        return x if self.norm_first else self(x)
+        "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and normalized"
+        (Section 5.4). With config.norm_first the norm moves to the sub-layer's input: x + Sublayer(LayerNorm(x)).
+        """
+        output = sublayer(norm(x) if self.norm_first else x, **kwargs)
+        output, weights = output if isinstance(output, tuple) else (output, None)
+        x = x + apply_dropout(output, self.dropout, self.training)
+        return (x if self.norm_first else norm(x)), weights
 
 
-class EncoderLayer(GradientCheckpointingLayer):
+class EncoderLayer(ResidualLayer):
     """Self-attention, then a feed-forward network, each in a residual connection with LayerNorm (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__()
+        super().__init__(config)
         self.self_attn = MultiHeadAttention(config)
-        self.self_attn_layer_norm = ResidualLayerNorm(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
-        self.final_layer_norm = ResidualLayerNorm(config)
+        self.ffn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(self, x, mask=None, output_attentions=False):
-        h, weights = self.self_attn(self.self_attn_layer_norm.sublayer_input(x), mask=mask,
-                                    output_attentions=output_attentions)
-        x = self.self_attn_layer_norm.add(x, h)
-        x = self.final_layer_norm.add(x, self.ffn(self.final_layer_norm.sublayer_input(x)))
+        x, weights = self.residual(self.self_attn_layer_norm, self.self_attn, x, mask=mask,
+                                   output_attentions=output_attentions)
+        x, _ = self.residual(self.ffn_layer_norm, self.ffn, x)
         return x, weights
 
 
-class DecoderLayer(GradientCheckpointingLayer):
+class DecoderLayer(ResidualLayer):
     """Masked self-attention, attention over the encoder output, then a feed-forward network (Section 3.1)."""
 
     def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
-        super().__init__()
+        super().__init__(config)
         self.self_attn = MultiHeadAttention(config, layer_idx=layer_idx)
-        self.self_attn_layer_norm = ResidualLayerNorm(config)
+        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.cross_attn = MultiHeadAttention(config, is_cross_attention=True, layer_idx=layer_idx)
-        self.cross_attn_layer_norm = ResidualLayerNorm(config)
+        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
-        self.final_layer_norm = ResidualLayerNorm(config)
+        self.ffn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
 
     def forward(self, x, memory, self_mask=None, is_causal=False, memory_mask=None, cache=None,
                 output_attentions=False, cache_position=None):
-        h, self_weights = self.self_attn(self.self_attn_layer_norm.sublayer_input(x), mask=self_mask,
-                                         is_causal=is_causal, cache=cache, output_attentions=output_attentions,
-                                         cache_position=cache_position)
-        x = self.self_attn_layer_norm.add(x, h)
-        h, cross_weights = self.cross_attn(self.cross_attn_layer_norm.sublayer_input(x), memory=memory,
-                                           mask=memory_mask, cache=cache, output_attentions=output_attentions)
-        x = self.cross_attn_layer_norm.add(x, h)
-        x = self.final_layer_norm.add(x, self.ffn(self.final_layer_norm.sublayer_input(x)))
+        x, self_weights = self.residual(self.self_attn_layer_norm, self.self_attn, x, mask=self_mask,
+                                        is_causal=is_causal, cache=cache, output_attentions=output_attentions,
+                                        cache_position=cache_position)
+        x, cross_weights = self.residual(self.cross_attn_layer_norm, self.cross_attn, x, memory=memory,
+                                         mask=memory_mask, cache=cache, output_attentions=output_attentions)
+        x, _ = self.residual(self.ffn_layer_norm, self.ffn, x)
         return x, self_weights, cross_weights
 
 
@@ -393,6 +390,36 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    # Parameters saved under another name by earlier versions (old -> new), read by from_pretrained.
+    renamed_parameters = {"final_layer_norm": "ffn_layer_norm"}
+
+    @classmethod
+    def from_pretrained(cls, *args, key_mapping=None, **kwargs):
+        """from_pretrained, also reading checkpoints saved under the names in renamed_parameters."""
+        loaded = super().from_pretrained(*args, key_mapping={**cls.renamed_parameters, **(key_mapping or {})},
+                                         **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # transformers 5 would save under the old names again, reversing the mapping it loaded with.
+        model._weight_conversions = None
+        return loaded
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
+        # transformers' hook that resolves attn_implementation. The first model built on a config sees what the user
+        # asked for (None: nothing), the encoder-decoder inside it the answer. A kernel asked for by name is used at
+        # every shape; only the default lets kernels.prefers_eager choose per shape on CPU.
+        if not is_init_check or not hasattr(self.config, "_attention_named"):
+            self.config._attention_named = requested_attention is not None
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
+
+    def set_attn_implementation(self, attn_implementation):
+        super().set_attn_implementation(attn_implementation)
+        self.config._attention_named = True  # also when it names the kernel already in use
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """torch's load_state_dict (the Trainer resumes through it), also under the names in renamed_parameters."""
+        for old, new in self.renamed_parameters.items():
+            state_dict = {key.replace(old, new): value for key, value in state_dict.items()}
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

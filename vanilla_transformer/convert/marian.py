@@ -68,7 +68,7 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
 
 # Marian's weight names -> ours (the fused q/k/v projections aside).
 RENAMES = [(".encoder_attn.", ".cross_attn."), ("encoder_attn_layer_norm", "cross_attn_layer_norm"),
-           (".fc1.", ".ffn.fc1."), (".fc2.", ".ffn.fc2.")]
+           ("final_layer_norm", "ffn_layer_norm"), (".fc1.", ".ffn.fc1."), (".fc2.", ".ffn.fc2.")]
 
 
 def rename(name: str, to_marian: bool = False) -> str:

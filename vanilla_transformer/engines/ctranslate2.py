@@ -49,11 +49,11 @@ class VanillaTransformerConverter(Converter):
         self.set_stack(spec.decoder, model.model.decoder)
         for layer_spec, layer in zip(spec.encoder.layer, model.model.encoder.layers):
             self.set_attention(layer_spec.self_attention, layer.self_attn, layer.self_attn_layer_norm)
-            self.set_ffn(layer_spec.ffn, layer.ffn, layer.final_layer_norm)
+            self.set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_layer_norm)
         for layer_spec, layer in zip(spec.decoder.layer, model.model.decoder.layers):
             self.set_attention(layer_spec.self_attention, layer.self_attn, layer.self_attn_layer_norm)
             self.set_attention(layer_spec.attention, layer.cross_attn, layer.cross_attn_layer_norm)
-            self.set_ffn(layer_spec.ffn, layer.ffn, layer.final_layer_norm)
+            self.set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_layer_norm)
         spec.decoder.projection.weight = model.lm_head.weight
         if model.final_logits_bias is not None:
             spec.decoder.projection.bias = model.final_logits_bias.squeeze(0)
