@@ -1,5 +1,9 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) in PyTorch.
 
+In the paper's order: positional encodings and embeddings (3.4, 3.5), attention (3.2), the feed-forward network (3.3),
+residual connections with LayerNorm and the encoder and decoder layers and stacks (3.1), then the model with its
+linear + softmax output (3.4), and the transformers hooks for loading and generate().
+
 Everything the forward pass needs is in this file and the two beside it (configuration.py, and kernels.py: the CPU
 speed kernels, which change no result), so a Hub repo ships all three as remote code; they import only torch and
 transformers.
@@ -45,12 +49,17 @@ def sinusoidal_table(num_positions: int, d_model: int, layout: str = "interleave
     return table.float()
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
-    """Decoder inputs for teacher forcing: the labels shifted one step right, starting with decoder_start_token_id."""
-    decoder_input_ids = labels.new_empty(labels.shape)
-    decoder_input_ids[:, 1:] = labels[:, :-1]
-    decoder_input_ids[:, 0] = decoder_start_token_id
-    return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
+class SinusoidalPositionalEncoding(nn.Module):
+    """Fixed sinusoids that tell the model where each token is (Section 3.5); a buffer, never saved."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__()
+        self.layout = config.sinusoidal_layout
+        table = sinusoidal_table(config.max_position_embeddings, config.d_model, self.layout)
+        self.register_buffer("weight", table, persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.weight[positions]
 
 
 def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_index: bool = False) -> None:
@@ -65,24 +74,43 @@ def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_
         raise ValueError(f"{name} contains id {bad}, outside the vocabulary of {vocab_size} tokens")
 
 
-def static_length(cache: EncoderDecoderCache | None) -> int | None:
-    """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
-    them all."""
-    layers = cache.self_attention_cache.layers if cache is not None else []
-    return getattr(layers[0], "max_cache_len", None) if layers else None
+class TransformerStack(nn.Module):
+    """What the encoder and decoder share: token embeddings x sqrt(d_model) + positional encodings, then dropout."""
 
-
-class SinusoidalPositionalEncoding(nn.Module):
-    """Fixed sinusoids that tell the model where each token is (Section 3.5); a buffer, never saved."""
-
-    def __init__(self, config: VanillaTransformerConfig):
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
         super().__init__()
-        self.layout = config.sinusoidal_layout
-        table = sinusoidal_table(config.max_position_embeddings, config.d_model, self.layout)
-        self.register_buffer("weight", table, persistent=False)
+        self.config = config
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        if config.position_embedding == "sinusoidal":
+            self.embed_positions = SinusoidalPositionalEncoding(config)
+        else:
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.weight[positions]
+    def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedded tokens at `positions` (0, 1, ... by default)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
+            inputs_embeds = self.embed_tokens(input_ids)
+        if positions is None:
+            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
+        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
+        x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        return apply_dropout(x, self.config.dropout, self.training)
+
+    def outputs(self, x: torch.Tensor, hidden_states: list, output_hidden_states) -> dict:
+        """The last layer's output (through the final LayerNorm of a pre-norm stack) and, if asked, every layer's."""
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        hidden_states = tuple(hidden_states) + (x,) if output_hidden_states else None
+        return {"last_hidden_state": x, "hidden_states": hidden_states}
 
 
 def fused_linear(d_model: int, parts: int) -> nn.Linear:
@@ -252,38 +280,6 @@ class DecoderLayer(ResidualLayer):
         return x, self_weights, cross_weights
 
 
-class TransformerStack(nn.Module):
-    """What the encoder and decoder share: token embeddings x sqrt(d_model) + positional encodings, then dropout."""
-
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__()
-        self.config = config
-        self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        if config.position_embedding == "sinusoidal":
-            self.embed_positions = SinusoidalPositionalEncoding(config)
-        else:
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
-        # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
-        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
-
-    def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedded tokens at `positions` (0, 1, ... by default)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
-            inputs_embeds = self.embed_tokens(input_ids)
-        if positions is None:
-            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
-                             f"max_position_embeddings={self.config.max_position_embeddings}")
-        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
-        x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
-        return apply_dropout(x, self.config.dropout, self.training)
-
-
 class TransformerEncoder(TransformerStack):
     """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
 
@@ -301,14 +297,15 @@ class TransformerEncoder(TransformerStack):
             hidden_states.append(x)
             x, weights = layer(x, mask=mask, output_attentions=bool(output_attentions))
             attentions.append(weights)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        hidden_states.append(x)
-        return BaseModelOutput(
-            last_hidden_state=x,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
-        )
+        return BaseModelOutput(**self.outputs(x, hidden_states, output_hidden_states),
+                               attentions=tuple(attentions) if output_attentions else None)
+
+
+def static_length(cache: EncoderDecoderCache | None) -> int | None:
+    """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
+    them all."""
+    layers = cache.self_attention_cache.layers if cache is not None else []
+    return getattr(layers[0], "max_cache_len", None) if layers else None
 
 
 class TransformerDecoder(TransformerStack):
@@ -369,12 +366,8 @@ class TransformerDecoder(TransformerStack):
             )
             self_attentions.append(self_weights)
             cross_attentions.append(cross_weights)
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        hidden_states.append(x)
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=x,
-            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            **self.outputs(x, hidden_states, output_hidden_states),
             attentions=tuple(self_attentions) if output_attentions else None,
             cross_attentions=tuple(cross_attentions) if output_attentions else None,
             **{CACHE_FIELD: cache if use_cache else None},
@@ -532,12 +525,19 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            encoder_hidden_states=encoder_outputs.hidden_states,
-            encoder_attentions=encoder_outputs.attentions,
             **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
+            # encoder_last_hidden_state, encoder_hidden_states, encoder_attentions
+            **{f"encoder_{name}": value for name, value in encoder_outputs.items()},
         )
         return output if return_dict is not False else output.to_tuple()
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the labels shifted one step right, starting with decoder_start_token_id."""
+    decoder_input_ids = labels.new_empty(labels.shape)
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    decoder_input_ids[:, 0] = decoder_start_token_id
+    return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -598,43 +598,20 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        encoder_outputs=None,
-        cache=None,
-        inputs_embeds=None,
-        decoder_inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        return_dict=None,
-        past_key_values=None,
-        num_items_in_batch=None,
-        **kwargs,
-    ) -> Seq2SeqLMOutput:
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None,
+                num_items_in_batch=None, return_dict=None, **kwargs) -> Seq2SeqLMOutput:
+        """The encoder-decoder's outputs with the logits over the target vocabulary and, given labels, the loss.
+
+        The other arguments are VanillaTransformerModel.forward's (cache, encoder_outputs, output_attentions, ...).
+        """
         if labels is not None:
             check_token_ids("labels", labels, self.config.target_vocab_size, allow_ignore_index=True)
-            use_cache = False
-            if decoder_input_ids is None and decoder_inputs_embeds is None:
+            kwargs["use_cache"] = False
+            if decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        outputs = self.model(
-            input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            cache=cache if cache is not None else past_key_values,
-            inputs_embeds=inputs_embeds,
-            decoder_inputs_embeds=decoder_inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        outputs = self.model(input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, **kwargs)
+        # "We ... use the usual learned linear transformation and softmax function to convert the decoder output to
+        # predicted next-token probabilities" (Section 3.4); the softmax is left to the loss and to generate().
         logits = self.lm_head(outputs.last_hidden_state)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias
@@ -644,17 +621,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             # Label smoothing of value 0.1: "This hurts perplexity ... but improves accuracy and BLEU" (Section 5.4).
             loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.config.label_smoothing)
             loss = loss / (num_items_in_batch or (labels != -100).sum())
-        output = Seq2SeqLMOutput(
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
-        )
+        decoder_outputs = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
+        output = Seq2SeqLMOutput(loss=loss, logits=logits, **decoder_outputs)
         return output if return_dict is not False else output.to_tuple()
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):
