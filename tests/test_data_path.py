@@ -2,6 +2,9 @@
 (commit 8687cb0), prepared data reused on rerun, resume and by a second process."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -41,3 +44,45 @@ def test_sampler_batches_are_those_recorded_on_synthetic_lengths():
     sampler = TokenBatchSampler(src, tgt, max_tokens=synthetic["max_tokens"], seed=synthetic["seed"])
     sampler.set_epoch(synthetic["epoch"])
     assert list(sampler) == synthetic["batches"]
+
+
+def data_phases(run: Path, rank: int = 0) -> dict[str, dict]:
+    """The data path's phases as the run wrote them (data-rankN.json), by name."""
+    return {phase["name"]: phase for phase in json.loads((run / f"data-rank{rank}.json").read_text())}
+
+
+def test_prepared_data_is_reused_on_rerun_and_resume(small_corpus, tmp_path):
+    from test_training import train_args
+
+    # A datasets cache of this test's own, so that the first run finds nothing prepared.
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+    def train(out: Path, *overrides: str, flags: tuple[str, ...] = ()):
+        command = [sys.executable, "-m", "vanilla_transformer.cli",
+                   *train_args(small_corpus, out, "training.max_steps=4", "training.save_steps=2", *overrides), *flags]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return data_phases(out)
+
+    reused = ("read text", "tokenizer", "tokenize train", "tokenize validation")
+    first = train(tmp_path / "first")
+    assert not any(first[name]["cached"] for name in reused)
+    rerun = train(tmp_path / "rerun")  # a new run folder: only the caches can help
+    assert all(rerun[name]["cached"] for name in reused)
+    assert ((tmp_path / "rerun/tokenizer/tokenizer.json").read_bytes()
+            == (tmp_path / "first/tokenizer/tokenizer.json").read_bytes())
+    resumed = train(tmp_path / "first", "training.max_steps=6", flags=("--resume",))
+    assert all(resumed[name]["cached"] for name in reused)
+    assert rerun["tokenize train"]["rows"] == first["tokenize train"]["rows"] == 500
+
+
+def test_micro_batches_split_each_batch_and_accumulate_its_gradients(small_corpus, tmp_path):
+    """training.micro_batch_tokens: the sampler packs micro-batches, and the update waits for max_tokens' worth."""
+    from conftest import tiny_recipe
+
+    from vanilla_transformer.training.run import training_arguments
+
+    recipe = tiny_recipe(small_corpus, tmp_path / "run", "training.max_tokens=1000", "training.micro_batch_tokens=300",
+                         "training.gradient_accumulation_steps=2")
+    assert recipe.training.batch_tokens == 300 and recipe.training.micro_batches == 4
+    assert training_arguments(recipe, 64).gradient_accumulation_steps == 8

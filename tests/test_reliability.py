@@ -56,6 +56,9 @@ def test_greedy_validation_saves_checkpoints(greedy_run):
     ("training.epochs=abc", r"training.epochs='abc': expected float"),
     ("generation.num_beams=0", r"generation.num_beams=0: must be at least 1"),
     ("average_last=9", r"average_last=9: must be between 0 and training.save_total_limit \(5\)"),
+    ("training.micro_batch_tokens=5000", r"training.micro_batch_tokens=5000: must be positive and at most"),
+    ("training.micro_batch_tokens=32", r"data.max_length=64: must be positive and at most the tokens of a batch"),
+    ("tokenizer.sample=0", r"tokenizer.sample=0: must be positive"),
 ])
 def test_recipe_values_are_checked_when_loaded(override, message):
     # Defect 3: these were accepted, and failed (or silently trained fp32) later.

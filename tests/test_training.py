@@ -134,6 +134,9 @@ def test_two_processes_see_disjoint_batches(small_corpus, tmp_path):
     seen = [{i for batch in rank[:12] for i in batch} for rank in ranks]
     assert not seen[0] & seen[1]
     assert (tmp_path / "ddp/model/model.safetensors").is_file()
+    # The main process prepared the data first; the other one found the tokenizer and the token ids in the caches.
+    rank1 = {phase["name"]: phase for phase in json.loads((tmp_path / "ddp/data-rank1.json").read_text())}
+    assert rank1["tokenizer"]["cached"] and rank1["tokenize train"]["cached"]
 
 
 def test_schedule_is_the_papers_formula():

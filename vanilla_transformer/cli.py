@@ -88,6 +88,34 @@ def train_command(args: argparse.Namespace) -> None:
         print(f"{test.split} sacreBLEU {test.bleu:.2f}  chrF {test.chrf:.2f}  ({test.bleu_signature})")
 
 
+def prepare_command(args: argparse.Namespace) -> None:
+    """Run a recipe's data path alone (read, tokenizer, tokenize, clean, batches) and print each phase's time and size.
+
+    What it makes is cached, so that `train` with the same recipe and data reuses it.
+    """
+    from .configuration import VanillaTransformerConfig
+    from .training.batching import TokenBatchSampler
+    from .training.data import token_lengths
+    from .training.prepare import Phase, prepare_data
+    from .training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    recipe.check()
+    config = VanillaTransformerConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
+    data = prepare_data(recipe, recipe.data_source(), max_length=config.max_position_embeddings)
+    started = time.perf_counter()
+    train_set, t = data.train_set, recipe.training
+    sampler = TokenBatchSampler(token_lengths(train_set, "input_ids"), token_lengths(train_set, "labels"),
+                                max_tokens=t.batch_tokens, shuffle=True, seed=t.seed)
+    data.phases.append(Phase("batches", round(time.perf_counter() - started, 1), rows=len(sampler)))
+    print(data.table())
+    print(f"{len(sampler):,} batches of at most {t.batch_tokens:,} tokens "
+          f"({t.micro_batches * t.gradient_accumulation_steps} per update), "
+          f"{100 * sampler.padding_fraction():.1f}% padding")
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in data.phases], indent=2) + "\n")
+
+
 def average_command(args: argparse.Namespace) -> None:
     """Average the weights of several checkpoints into one model folder."""
     from .training.average import average_checkpoints
@@ -276,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
     train_parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in the folder")
     train_parser.add_argument("--verbose", action="store_true")
     train_parser.set_defaults(func=train_command)
+
+    prepare_parser = commands.add_parser("prepare", help="run a recipe's data path alone and time its phases")
+    prepare_parser.add_argument("recipe", help="a recipe file, e.g. configs/wmt14-en-de-base.yaml")
+    prepare_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                                help="override a recipe value (repeatable)")
+    prepare_parser.add_argument("--json", metavar="FILE", help="also write the phases as JSON")
+    prepare_parser.set_defaults(func=prepare_command)
 
     average_parser = commands.add_parser("average", help="average checkpoints' weights (the paper's last-N averaging)")
     average_parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one run folder with --last N")

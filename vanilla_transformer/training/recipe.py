@@ -1,6 +1,7 @@
 """Training recipes: YAML files in configs/, overridable from the command line with --set section.key=value."""
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -41,6 +42,7 @@ class TokenizerRecipe:
     path: str | None = None  # an existing tokenizer; otherwise one is trained on the training split
     vocab_size: int = 10000
     model: str = "bpe"
+    sample: int | None = None  # learn the subwords from this many random training pairs (all when null)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class ModelRecipe:
 class TrainingRecipe:
     max_tokens: int = 4096  # padded tokens per batch (fairseq --max-tokens)
     gradient_accumulation_steps: int = 1  # batches per update; the paper's ~25k+25k tokens per update
+    micro_batch_tokens: int | None = None  # split each batch into micro-batches of at most this many tokens (memory)
     lr_scale: float = 1.0  # lr = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
     warmup_steps: int = 4000
     adam_beta2: float = 0.98
@@ -67,6 +70,16 @@ class TrainingRecipe:
     save_steps: int = 1000
     save_total_limit: int = 5
     log_batches: bool = False  # write each process's batch indices to batches-rank*.jsonl (for auditing)
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per batch of max_tokens: their gradients add up to the batch's before the update."""
+        return math.ceil(self.max_tokens / self.micro_batch_tokens) if self.micro_batch_tokens else 1
+
+    @property
+    def batch_tokens(self) -> int:
+        """The padded tokens of one forward pass: what the token-batch sampler packs."""
+        return self.micro_batch_tokens or self.max_tokens
 
 
 @dataclass
@@ -116,6 +129,9 @@ class Recipe:
             ("tokenizer.vocab_size", self.tokenizer.vocab_size > 0, "a positive number"),
             ("training.max_tokens", t.max_tokens > 0, "a positive number of tokens"),
             ("training.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "at least 1"),
+            ("training.micro_batch_tokens", t.micro_batch_tokens is None or 0 < t.micro_batch_tokens <= t.max_tokens,
+             f"positive and at most training.max_tokens ({t.max_tokens}), or null"),
+            ("tokenizer.sample", self.tokenizer.sample is None or self.tokenizer.sample > 0, "positive, or null"),
             ("training.warmup_steps", t.warmup_steps >= 1, "at least 1"),
             ("training.lr_scale", t.lr_scale > 0, "positive"),
             ("training.epochs", t.epochs > 0, "positive"),
@@ -129,8 +145,8 @@ class Recipe:
             ("generation.num_beams", g.num_beams >= 1, "at least 1"),
             ("generation.eval_batch_size", g.eval_batch_size >= 1, "at least 1"),
             ("generation.max_length_offset", g.max_length_offset >= 0, "0 or more"),
-            ("data.max_length", d.max_length is None or 0 < d.max_length <= t.max_tokens,
-             f"positive and at most training.max_tokens ({t.max_tokens}), or null"),
+            ("data.max_length", d.max_length is None or 0 < d.max_length <= t.batch_tokens,
+             f"positive and at most the tokens of a batch ({t.batch_tokens}), or null"),
             ("data.max_ratio", d.max_ratio is None or d.max_ratio >= 1, "at least 1, or null"),
         ]
         for key, holds, expected in rules:

@@ -1,6 +1,7 @@
 """One training run from a recipe: data, tokenizer, model, Seq2SeqTrainer, test BLEU, and the run folder."""
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -8,22 +9,23 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import PartialState
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
 from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
 from ..hub.card import render_card
 from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
-from ..tokenization import train_tokenizer
 from .average import average_checkpoints
 from .checkpoints import last_checkpoints, resume_checkpoint
-from .data import clean, load_parallel, tokenize
+from .prepare import prepare_data
 from .plots import plot_curves
 from .recipe import Recipe
 from .results import RunResults
 from .schedule import base_lr
 from .trainer import TranslationTrainer, bleu_metric_fn
+
+logger = logging.getLogger(__name__)
 
 
 def bf16_available() -> bool:
@@ -40,7 +42,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         output_dir=str(recipe.run_dir),
         per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (max_tokens)
         per_device_eval_batch_size=g.eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        gradient_accumulation_steps=t.gradient_accumulation_steps * t.micro_batches,
         learning_rate=base_lr(d_model, t.lr_scale),
         adam_beta1=0.9,
         adam_beta2=t.adam_beta2,
@@ -69,24 +71,10 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
     )
 
 
-def prepare_tokenizer(recipe: Recipe, train_pairs, reuse_saved: bool):
-    """The run's tokenizer: the recipe's, the one this run saved already (on resume, or by another process), or a
-    new one."""
-    saved = recipe.run_dir / "tokenizer"
-    if recipe.tokenizer.path:
-        return AutoTokenizer.from_pretrained(recipe.tokenizer.path)
-    if reuse_saved and (saved / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(saved)
-    texts = [pair[lang] for pair in train_pairs["translation"] for lang in (recipe.data.src, recipe.data.tgt)]
-    tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
-    tokenizer.save_pretrained(saved)
-    return tokenizer
-
-
 def earlier_run(run_dir: Path) -> list[Path]:
     """What an earlier run left in the folder: checkpoints, batch logs, and its results."""
-    patterns = ["checkpoint-*", "batches-rank*.jsonl", "model", "tokenizer", "results.json", "log.csv", "curves.png",
-                "*.hyp.*"]
+    patterns = ["checkpoint-*", "batches-rank*.jsonl", "data-rank*.json", "model", "tokenizer", "results.json",
+                "log.csv", "curves.png", "*.hyp.*"]
     return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
 
 
@@ -110,27 +98,26 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
 
     d = recipe.data
     langs = (d.src, d.tgt)
-    splits = [s for s in (d.train, d.validation, d.test) if s]
-    # Under accelerate launch, the main process prepares data and tokenizer first; the others reuse its work.
+    config = VanillaTransformerConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
+
+    def clear_earlier_run():
+        if earlier and overwrite and not resume:
+            for path in earlier:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
+
     state = PartialState()
-    with state.main_process_first():
-        raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
-        if state.is_main_process:
-            if earlier and overwrite and not resume:
-                for path in earlier:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
-        tokenizer = prepare_tokenizer(recipe, raw[d.train], reuse_saved=resume or not state.is_main_process)
-        train_set, cleaning = clean(tokenize(raw[d.train], tokenizer, langs, d.num_proc), d.max_length, d.max_ratio)
-        if recipe.training.log_batches:
-            train_set = train_set.add_column("idx", list(range(len(train_set))))
-        validation_pairs = raw[d.validation]
-        if d.validation_size:
-            validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
-        config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset,
-                                                         **recipe.model.overrides)
-        validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, config.max_position_embeddings)
+    data = prepare_data(recipe, data_source, run_dir / "tokenizer" if resume else None,
+                        config.max_position_embeddings, on_loaded=clear_earlier_run)
+    data.save_phases(run_dir / f"data-rank{state.process_index}.json")
+    logger.info("data path:\n%s", data.table())
+    tokenizer, train_set = data.tokenizer, data.train_set
+    if state.is_main_process:
+        tokenizer.save_pretrained(run_dir / "tokenizer")
+    if recipe.training.log_batches:
+        train_set = train_set.add_column("idx", list(range(len(train_set))))
+    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset, **recipe.model.overrides)
     tokenizer.model_max_length = config.max_position_embeddings  # what truncation=True cuts to
     model = VanillaTransformerForConditionalGeneration(config)
     g = recipe.generation
@@ -141,11 +128,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         model=model,
         args=args,
         train_dataset=train_set,
-        eval_dataset=validation_set,
+        eval_dataset=data.validation_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
         processing_class=tokenizer,
         compute_metrics=bleu_metric_fn(tokenizer, load_bleu()),
-        max_tokens=recipe.training.max_tokens,
+        max_tokens=recipe.training.batch_tokens,
         warmup_steps=recipe.training.warmup_steps,
         batch_log=run_dir if recipe.training.log_batches else None,
     )
@@ -171,7 +158,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
     results = RunResults(
         recipe=recipe.name, src=d.src, tgt=d.tgt,
         parameters=sum(p.numel() for p in model.parameters()),
-        train_pairs=len(train_set), cleaning=cleaning,
+        train_pairs=len(train_set), cleaning=data.cleaning,
         padding_fraction=round(trainer.batch_sampler.padding_fraction(), 4),
         steps=trainer.state.global_step, train_seconds=round(train_seconds, 1),
         machine=f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -180,7 +167,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         best_validation_step=best["step"] if best else None, best_validation_bleu=best["bleu"] if best else None,
     )
     if d.test:
-        test = raw[d.test]
+        test = data.raw[d.test]
         if d.test_size:
             test = test.select(range(min(d.test_size, len(test))))
 

@@ -1,0 +1,112 @@
+"""The wmt14 recipe's data path on a WMT-size corpus: time to the first update, per phase, first run and rerun.
+
+Builds a corpus of `--pairs` lines (default 4.5 million, WMT14 en-de's size) by repeating the real en-de pairs in
+the shared data (Multi30k train and the WMT news sets other than newstest2013/2014), with newstest2013 as validation
+and newstest2014 as test, then runs `vanilla-transformer train` on it twice with one update each: first with an
+empty datasets cache, then in a new run folder (everything cached). Each run's stderr is timestamped as it arrives:
+the first update starts when the Trainer's batch line is logged. Prints one JSON object: per run the wall-clock
+seconds to the first update, the update's seconds, the data path's phases (data-rank0.json: seconds, rows, MB,
+cached, the process's peak RSS at the end of each) and the whole run's peak RSS.
+Usage: python benchmarks/bench_data.py [--pairs 4500000] [--data ../shared/data] [--work /tmp/bench-data]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from common import machine
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_SETS = ["multi30k/train"] + [f"wmt_news_extra/{name}" for name in (
+    "newstest2008", "newssyscomb2009", "newstest2009", "newstest2010", "newstest2011", "newstest2012",
+    "newstest2015", "newstest2016", "newstest2017", "newstest2018", "newstest2019-deen", "newstest2019-ende")]
+
+
+def build_corpus(data: Path, folder: Path, pairs: int) -> dict:
+    """train.{en,de} of `pairs` lines repeated from the shared sets; validation/test from newstest2013/2014."""
+    started = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    sides = {lang: [line for name in TRAIN_SETS for line in (data / f"{name}.{lang}").read_text("utf-8").splitlines()]
+             for lang in ("en", "de")}
+    distinct = len(sides["en"])
+    for lang, lines in sides.items():
+        with open(folder / f"train.{lang}", "w", encoding="utf-8") as out:
+            for start in range(0, pairs, distinct):
+                out.write("\n".join(lines[: min(distinct, pairs - start)]) + "\n")
+        for split, name in (("validation", "newstest2013"), ("test", "newstest2014")):
+            (folder / f"{split}.{lang}").write_bytes((data / f"wmt14/{name}.{lang}").read_bytes())
+    return {"pairs": pairs, "distinct_pairs": distinct, "seconds": round(time.perf_counter() - started, 1),
+            "megabytes": round(sum(f.stat().st_size for f in folder.glob("train.*")) / 2**20, 1)}
+
+
+def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
+    """One `train` with one update; the seconds to its first update and of the update, from timestamped stderr."""
+    overrides = [f"data.source={corpus}", "training.max_steps=1", "training.eval_steps=100000", "data.test=null",
+                 "average_last=0"]
+    # Through a parent of its own, which reports the run's peak RSS (the children's, when they have all ended).
+    report_rss = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+                  "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+                  "sys.exit(code)")
+    command = [sys.executable, "-c", report_rss, sys.executable, "-m", "vanilla_transformer.cli", "train", recipe,
+               "--output-dir", str(out)]
+    for override in overrides:
+        command += ["--set", override]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache)}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               cwd=REPO)
+    first_update = peak_rss_kb = None
+    log = []
+
+    def read_stderr():
+        nonlocal first_update, peak_rss_kb
+        for line in process.stderr:
+            if line.startswith("peak_rss_kb "):
+                peak_rss_kb = int(line.split()[1])
+                continue
+            log.append(line)
+            print(line, end="", file=sys.stderr, flush=True)
+            if first_update is None and "training pairs in" in line:
+                first_update = time.perf_counter() - started
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    process.wait()
+    reader.join()
+    total = time.perf_counter() - started
+    if process.returncode != 0:
+        sys.exit("".join(log[-40:]))
+    phases = json.loads((out / "data-rank0.json").read_text())
+    return {
+        "seconds_to_first_update": round(first_update, 1),
+        "seconds_of_first_update_and_saving": round(total - first_update, 1),
+        "data_path_seconds": round(sum(p["seconds"] for p in phases), 1),
+        "phases": phases,
+        "peak_rss_mb": round(peak_rss_kb / 1024),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--pairs", type=int, default=4_500_000)
+    parser.add_argument("--data", default=os.environ.get("VANILLA_TRANSFORMER_DATA", "../shared/data"))
+    parser.add_argument("--work", default="/tmp/bench-data", help="a folder for the corpus, cache and runs")
+    parser.add_argument("--recipe", default=str(REPO / "configs/wmt14-en-de-base.yaml"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    if work.exists():
+        sys.exit(f"{work} exists: pass a new --work folder (the first run must find an empty cache)")
+    corpus = build_corpus(Path(args.data), work / "corpus", args.pairs)
+    first = run_train(work / "corpus", work / "first", work / "cache", args.recipe)
+    rerun = run_train(work / "corpus", work / "rerun", work / "cache", args.recipe)
+    print(json.dumps({"machine": machine(), "recipe": args.recipe, "corpus": corpus, "first_run": first,
+                      "rerun": rerun}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""A run's data path, from the recipe to tokenised, cleaned pairs: read, tokenizer, tokenize, clean.
+
+Every phase is timed, and the costly ones are cached across runs, keyed by their inputs: the text as Arrow (the
+datasets cache, keyed by the files' size and time), the tokenizer (keyed by the training text's fingerprint and the
+tokenizer settings), the token ids (the datasets cache, keyed by the text and the tokenizer). A rerun, a resume, and
+the other processes of a multi-process launch (which wait for the main process) reuse them.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+from accelerate import PartialState
+from transformers import AutoTokenizer
+
+from ..tokenization import train_tokenizer
+from .data import clean, load_parallel, tokenize
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Phase:
+    """One step of the data path: how long it took, what it produced, and whether it came from a cache."""
+
+    name: str
+    seconds: float
+    rows: int | None = None
+    megabytes: float | None = None
+    cached: bool | None = None
+    peak_rss_mb: int | None = None  # the process's, so far
+
+
+@dataclass
+class PreparedData:
+    """What the model and Trainer need from the data, and how it was made."""
+
+    raw: datasets.DatasetDict
+    tokenizer: object
+    train_set: datasets.Dataset
+    validation_set: datasets.Dataset
+    cleaning: dict
+    phases: list[Phase] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The phases as a text table, for the prepare command and the training log."""
+        lines = [f"{'phase':<22}{'seconds':>9}{'rows':>12}{'MB':>9}{'peak RSS MB':>13}  cached"]
+        for p in self.phases:
+            rows = f"{p.rows:,}" if p.rows is not None else ""
+            megabytes = f"{p.megabytes:,.0f}" if p.megabytes is not None else ""
+            cached = {True: "yes", False: "no", None: ""}[p.cached]
+            rss = f"{p.peak_rss_mb:,}" if p.peak_rss_mb is not None else ""
+            lines.append(f"{p.name:<22}{p.seconds:>9.1f}{rows:>12}{megabytes:>9}{rss:>13}  {cached}")
+        lines.append(f"{'total':<22}{sum(p.seconds for p in self.phases):>9.1f}")
+        return "\n".join(lines)
+
+    def save_phases(self, path: Path) -> None:
+        path.write_text(json.dumps([asdict(p) for p in self.phases], indent=2) + "\n", encoding="utf-8")
+
+
+def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = None, max_length: int | None = None,
+                 on_loaded=None) -> PreparedData:
+    """Read, tokenise and clean the recipe's data; the main process first, the others then reuse its caches.
+
+    tokenizer_dir: a tokenizer saved there earlier is used (the run folder's, on resume).
+    max_length: validation sentences are truncated to it (the model's positions).
+    on_loaded: called in the main process once the text has loaded, before anything is written (e.g. to clear an
+    earlier run's folder only when the new data is known to be readable).
+    """
+    d = recipe.data
+    langs = (d.src, d.tgt)
+    phases = []
+
+    @contextmanager
+    def phase(name: str):
+        started = time.perf_counter()
+        record = Phase(name, 0.0)
+        yield record, time.time()  # the wall clock, to compare with the times of cache files
+        record.seconds = round(time.perf_counter() - started, 1)
+        record.peak_rss_mb = peak_rss_mb()
+        phases.append(record)
+        logger.info("data path: %s took %.1f s", name, record.seconds)
+
+    state = PartialState()
+    with state.main_process_first():
+        with phase("read text") as (p, since):
+            splits = [s for s in (d.train, d.validation, d.test) if s]
+            raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
+            p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
+            p.cached = not written_since(raw[d.train], since)
+        if state.is_main_process and on_loaded is not None:
+            on_loaded()
+        with phase("tokenizer") as (p, _):
+            tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
+        with phase("tokenize train") as (p, since):
+            tokenized = tokenize(raw[d.train], tokenizer, langs, d.num_proc)
+            p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
+            p.cached = not written_since(tokenized, since)
+        with phase("clean") as (p, _):
+            train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio)
+            p.rows = len(train_set)
+        with phase("tokenize validation") as (p, since):
+            validation_pairs = raw[d.validation]
+            if d.validation_size:
+                validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
+            validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, max_length)
+            p.rows = len(validation_set)
+            p.cached = not written_since(validation_set, since)
+    return PreparedData(raw, tokenizer, train_set, validation_set, cleaning, phases)
+
+
+def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):
+    """The recipe's tokenizer, one saved in the run folder, one cached for this text and settings, or a new one.
+
+    Returns it, and whether it was reused rather than trained.
+    """
+    if recipe.tokenizer.path:
+        return AutoTokenizer.from_pretrained(recipe.tokenizer.path), True
+    if saved is not None and (saved / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(saved), True
+    cache = tokenizer_cache(recipe, train_pairs)
+    if (cache / "tokenizer.json").is_file():
+        logger.info("tokenizer: reusing %s", cache)
+        tokenizer, reused = AutoTokenizer.from_pretrained(cache), True
+    else:
+        texts = training_text(train_pairs, (recipe.data.src, recipe.data.tgt), recipe.tokenizer.sample,
+                              recipe.training.seed)
+        tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
+        partial = cache.with_name(f"{cache.name}.partial-{PartialState().process_index}")
+        tokenizer.save_pretrained(partial)  # then renamed: a later run finds it whole or not at all
+        if cache.exists():
+            shutil.rmtree(partial)
+        else:
+            partial.replace(cache)
+        reused = False
+    return tokenizer, reused
+
+
+def tokenizer_cache(recipe: Recipe, train_pairs: datasets.Dataset) -> Path:
+    """Where the tokenizer learned from this text with these settings is kept, beside the datasets cache."""
+    t = recipe.tokenizer
+    key = json.dumps([train_pairs._fingerprint, recipe.data.src, recipe.data.tgt, t.vocab_size, t.model, t.sample,
+                      recipe.training.seed if t.sample else None])
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "vanilla_transformer" / "tokenizers"
+    root.mkdir(parents=True, exist_ok=True)
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def training_text(pairs: datasets.Dataset, langs: tuple[str, str], sample: int | None, seed: int) -> list[str]:
+    """Both sides of the pairs the tokenizer learns from: all of them, or a random sample of `sample` pairs."""
+    if sample and sample < len(pairs):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(pairs), sample, replace=False))
+        pairs = pairs.select(chosen)
+        logger.info("tokenizer: learning from %d of the pairs (tokenizer.sample)", sample)
+    column = pairs.with_format("arrow")["translation"]
+    sides = [pc.struct_field(column, lang).to_pylist() for lang in langs]
+    return [text for pair in zip(*sides) for text in pair]  # source, target, source, ...: the order of the files
+
+
+def written_since(dataset: datasets.Dataset, since: float) -> bool:
+    """Whether the dataset's Arrow files were written after `since`, i.e. computed rather than found in the cache
+    (an in-memory dataset counts as computed)."""
+    files = [Path(f["filename"]) for f in dataset.cache_files]
+    return not files or any(file.stat().st_mtime >= since - 1 for file in files)
+
+
+def peak_rss_mb() -> int | None:
+    """This process's peak resident memory so far (None where the platform does not say, e.g. Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes; bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
+
+
+def arrow_megabytes(dataset: datasets.Dataset) -> float:
+    return round(dataset.data.nbytes / 2**20, 1)
