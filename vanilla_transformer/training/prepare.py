@@ -19,6 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.compute as pc
+import torch
 from accelerate import PartialState
 from transformers import AutoTokenizer
 
@@ -82,41 +83,50 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
     phases = []
 
     @contextmanager
-    def phase(name: str):
+    def phase(name: str):  # yields the phase's record, and the cache files that existed before it
         started = time.perf_counter()
         record = Phase(name, 0.0)
-        yield record, time.time()  # the wall clock, to compare with the times of cache files
+        yield record, arrow_files()  # what the datasets cache held before
         record.seconds = round(time.perf_counter() - started, 1)
         record.peak_rss_mb = peak_rss_mb()
         phases.append(record)
         logger.info("data path: %s took %.1f s", name, record.seconds)
 
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():
-        with phase("read text") as (p, since):
+        with phase("read text") as (p, existing):
             splits = [s for s in (d.train, d.validation, d.test) if s]
             raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
             p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
-            p.cached = not written_since(raw[d.train], since)
+            p.cached = found_in(raw[d.train], existing)
         if state.is_main_process and on_loaded is not None:
             on_loaded()
         with phase("tokenizer") as (p, _):
             tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
-        with phase("tokenize train") as (p, since):
+        with phase("tokenize train") as (p, existing):
             tokenized = tokenize(raw[d.train], tokenizer, langs, d.num_proc)
             p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
-            p.cached = not written_since(tokenized, since)
+            p.cached = found_in(tokenized, existing)
         with phase("clean") as (p, _):
             train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio)
             p.rows = len(train_set)
-        with phase("tokenize validation") as (p, since):
+        with phase("tokenize validation") as (p, existing):
             validation_pairs = raw[d.validation]
             if d.validation_size:
                 validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
             validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, max_length)
             p.rows = len(validation_set)
-            p.cached = not written_since(validation_set, since)
+            p.cached = found_in(validation_set, existing)
     return PreparedData(raw, tokenizer, train_set, validation_set, cleaning, phases)
+
+
+def process_state() -> PartialState:
+    """This process's place in an `accelerate launch` (rank, main or not).
+
+    On a machine without CUDA the processes are CPU workers: PartialState() alone would take each for a lone main
+    process, and every one would prepare the data, and write the run folder, at the same time.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):
@@ -136,7 +146,7 @@ def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved
         texts = training_text(train_pairs, (recipe.data.src, recipe.data.tgt), recipe.tokenizer.sample,
                               recipe.training.seed)
         tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
-        partial = cache.with_name(f"{cache.name}.partial-{PartialState().process_index}")
+        partial = cache.with_name(f"{cache.name}.partial-{process_state().process_index}")
         tokenizer.save_pretrained(partial)  # then renamed: a later run finds it whole or not at all
         if cache.exists():
             shutil.rmtree(partial)
@@ -167,11 +177,16 @@ def training_text(pairs: datasets.Dataset, langs: tuple[str, str], sample: int |
     return [text for pair in zip(*sides) for text in pair]  # source, target, source, ...: the order of the files
 
 
-def written_since(dataset: datasets.Dataset, since: float) -> bool:
-    """Whether the dataset's Arrow files were written after `since`, i.e. computed rather than found in the cache
-    (an in-memory dataset counts as computed)."""
-    files = [Path(f["filename"]) for f in dataset.cache_files]
-    return not files or any(file.stat().st_mtime >= since - 1 for file in files)
+def arrow_files() -> set[Path]:
+    """The Arrow files in the datasets cache."""
+    return set(Path(datasets.config.HF_DATASETS_CACHE).expanduser().resolve().rglob("*.arrow"))
+
+
+def found_in(dataset: datasets.Dataset, existing: set[Path]) -> bool:
+    """Whether the dataset was read from Arrow files that existed before it was asked for: a cache hit, by this
+    process or another (an in-memory dataset was computed)."""
+    files = [Path(f["filename"]).resolve() for f in dataset.cache_files]
+    return bool(files) and all(file in existing for file in files)
 
 
 def peak_rss_mb() -> int | None:

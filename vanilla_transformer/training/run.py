@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from accelerate import PartialState
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
@@ -18,7 +17,7 @@ from ..hub.export import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from .average import average_checkpoints
 from .checkpoints import last_checkpoints, resume_checkpoint
-from .prepare import prepare_data
+from .prepare import prepare_data, process_state
 from .plots import plot_curves
 from .recipe import Recipe
 from .results import RunResults
@@ -107,7 +106,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
 
-    state = PartialState()
+    state = process_state()
     data = prepare_data(recipe, data_source, run_dir / "tokenizer" if resume else None,
                         config.max_position_embeddings, on_loaded=clear_earlier_run)
     data.save_phases(run_dir / f"data-rank{state.process_index}.json")
