@@ -45,7 +45,7 @@ def build_corpus(data: Path, folder: Path, pairs: int) -> dict:
 
 
 def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
-    """One `train` with one update; the seconds to its first update and of the update, from timestamped stderr."""
+    """One `train` with one update; the seconds to its first update and from it to the exit, from timestamped stderr."""
     # One update; the Trainer then validates (here on 8 sentences, greedy, to keep it short) and saves.
     overrides = [f"data.source={corpus}", "training.max_steps=1", "data.test=null", "average_last=0",
                  "data.validation_size=8", "generation.num_beams=1", "generation.max_length_offset=0"]
