@@ -12,7 +12,7 @@ from conftest import write_pairs
 
 from vanilla_transformer import train_tokenizer
 from vanilla_transformer.training.batching import TokenBatchSampler
-from vanilla_transformer.training.data import clean, load_parallel, tokenize
+from vanilla_transformer.training.data import clean, load_parallel, token_lengths, tokenize
 
 RECORDED = json.loads((Path(__file__).parent / "fixtures/batch_order.json").read_text())
 
@@ -27,13 +27,21 @@ def test_token_batches_are_those_recorded_before_the_data_path_changed(data_dir,
                                 vocab_size=r["vocab_size"], show_progress=False)
     dataset, counts = clean(tokenize(raw, tokenizer, ("de", "en")), r["max_length"], r["max_ratio"])
     assert counts == r["cleaning"] and dataset["input_ids"][0] == r["first_ids"]
-    from vanilla_transformer.training.data import token_lengths
-
     sampler = TokenBatchSampler(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"),
                                 max_tokens=r["max_tokens"], seed=r["seed"])
     for epoch, batches in r["epochs"].items():
         sampler.set_epoch(int(epoch))
         assert list(sampler) == batches, f"epoch {epoch}"
+
+
+def test_token_lengths_follow_selections_of_the_table():
+    import datasets
+
+    ids = [[1] * n for n in (3, 0, 5, 2, 7, 1)]
+    dataset = datasets.Dataset.from_dict({"input_ids": ids})
+    for view in (dataset, dataset.select([4, 0, 2]), dataset.shuffle(seed=1).select([5, 1, 3]),
+                 dataset.filter(lambda row: len(row["input_ids"]) > 1).select([3, 0])):
+        assert token_lengths(view, "input_ids").tolist() == [len(row) for row in view["input_ids"]]
 
 
 def test_sampler_batches_are_those_recorded_on_synthetic_lengths():

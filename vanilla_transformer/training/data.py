@@ -9,6 +9,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
@@ -100,7 +101,12 @@ def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str]) -
 
 def token_lengths(dataset: datasets.Dataset, column: str) -> np.ndarray:
     """The length of every row's token list, read from Arrow (no Python list per row), selections applied."""
-    return pc.list_value_length(dataset.with_format("arrow")[column]).to_numpy(zero_copy_only=False)
+    # From the whole table, then through the selection's row indices: reading the column of a selected dataset
+    # would first copy every selected row's token ids (seconds per call on millions of pairs).
+    lengths = pc.list_value_length(dataset.data.column(column))
+    if dataset._indices is not None:  # select(), shuffle() and filter() keep the table and map rows through these
+        lengths = lengths.take(dataset._indices.column(0))
+    return lengths.to_numpy(zero_copy_only=False)
 
 
 def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: float | None = None
@@ -124,9 +130,10 @@ def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_p
              max_length: int | None = None) -> datasets.Dataset:
     """input_ids and labels (int32 token ids) for every pair, through Dataset.map, cached by the datasets library.
 
-    The tokenizer's Rust backend encodes each batch of 10,000 sentences on all cores (`encode_batch_fast`), with the
-    same ids as calling the tokenizer; the collator adds the attention masks when it pads. With max_length, longer
-    sequences are truncated (keeping </s>), e.g. to the model's positional range.
+    The tokenizer's Rust backend encodes each batch of 50,000 sentences on all cores (`encode_batch_fast`), with the
+    same ids as calling the tokenizer, and the batches go in and out as Arrow (no Python dict per pair); the collator
+    adds the attention masks when it pads. With max_length, longer sequences are truncated (keeping </s>), e.g. to
+    the model's positional range.
     """
     src, tgt = langs
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())  # its own copy: truncation is set on it
@@ -136,12 +143,17 @@ def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_p
     else:
         backend.no_truncation()
 
-    def encode(batch):
-        pairs = batch["translation"]
-        return {column: [encoding.ids for encoding in backend.encode_batch_fast([pair[lang] for pair in pairs])]
-                for column, lang in (("input_ids", src), ("labels", tgt))}
+    def encode(batch: pa.Table) -> pa.Table:
+        pairs = batch.column("translation")
+        return pa.table({
+            column: pa.array([e.ids for e in backend.encode_batch_fast(pc.struct_field(pairs, lang).to_pylist())],
+                             type=pa.list_(pa.int32()))
+            for column, lang in (("input_ids", src), ("labels", tgt))
+        })
 
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "labels": datasets.Sequence(datasets.Value("int32"))})
-    return dataset.map(encode, batched=True, batch_size=10_000, num_proc=num_proc, features=features,
-                       remove_columns=dataset.column_names, desc=f"tokenizing {src}->{tgt}")
+    tokenized = dataset.with_format("arrow").map(
+        encode, batched=True, batch_size=50_000, num_proc=num_proc, features=features,
+        remove_columns=dataset.column_names, desc=f"tokenizing {src}->{tgt}")
+    return tokenized.with_format(None)  # rows as Python objects again, as the collator takes them
