@@ -114,6 +114,44 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(small_corpus, tmp_pa
     assert resumed_batches[:20] + after_resume[:20] == straight_batches[:40]
 
 
+def test_time_budget_ends_training_before_the_update_that_would_pass_it(monkeypatch):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from vanilla_transformer.training import trainer as trainer_module
+
+    clock = [100.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
+
+    def steps_until_stopped(seconds_before=0.0, seconds_per_update=2.0):
+        callback = trainer_module.TimeBudget(max_minutes=1.0)
+        state, control = TrainerState(max_steps=1000), TrainerControl()
+        # What a checkpoint's trainer_state.json brings back on resume.
+        state.stateful_callbacks = {"TimeBudget": {"args": {}, "attributes": {"seconds_before": seconds_before}}}
+        callback.on_train_begin(args, state, control)
+        while not control.should_training_stop:
+            clock[0] += seconds_per_update
+            state.global_step += 1
+            control = callback.on_step_end(args, state, control)
+        assert control.should_save and control.should_evaluate  # a checkpoint and a validation score at the end
+        return state.global_step, callback.state()
+
+    # 2 s per update in 60 s: the 30th update ends at 60 s, the 31st would pass the budget.
+    steps, saved = steps_until_stopped()
+    assert steps == 30 and saved == {"args": {"max_minutes": 1.0}, "attributes": {"seconds_before": 60.0}}
+    # Resumed after 40 s of training (recorded in the checkpoint): 20 s are left.
+    steps, saved = steps_until_stopped(seconds_before=40.0)
+    assert steps == 10 and saved["attributes"]["seconds_before"] == 60.0
+
+
+def test_time_budget_run_stops_with_a_checkpoint_and_an_evaluation(small_corpus, tmp_path):
+    results = train(tiny_recipe(small_corpus, tmp_path / "run", "training.max_minutes=0.0001", "data.test=null"))
+    assert results.steps == 1 and (tmp_path / "run/checkpoint-1").is_dir()
+    assert [e["step"] for e in results.validation_bleu] == [1]
+    state = json.loads((tmp_path / "run/checkpoint-1/trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["TimeBudget"]["attributes"]["seconds_before"] > 0
+
+
 def test_two_processes_see_disjoint_batches(small_corpus, tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the processes use the CPU and gloo.

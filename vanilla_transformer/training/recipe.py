@@ -63,6 +63,7 @@ class TrainingRecipe:
     max_grad_norm: float = 0.0  # 0 disables clipping (the paper does not clip)
     epochs: float = 10
     max_steps: int = -1
+    max_minutes: float | None = None  # end training after this many minutes (resumes included), checkpoint saved
     seed: int = 1
     precision: str = "auto"  # "auto": bf16 where the hardware has it, else fp32; or "fp32", "bf16", "fp16"
     logging_steps: int = 50
@@ -136,6 +137,7 @@ class Recipe:
             ("training.lr_scale", t.lr_scale > 0, "positive"),
             ("training.epochs", t.epochs > 0, "positive"),
             ("training.max_steps", t.max_steps == -1 or t.max_steps > 0, "positive, or -1 for epochs"),
+            ("training.max_minutes", t.max_minutes is None or t.max_minutes > 0, "positive, or null"),
             ("training.logging_steps", t.logging_steps > 0, "positive"),
             ("training.eval_steps", t.eval_steps > 0, "positive"),
             ("training.save_steps", t.save_steps > 0, "positive"),

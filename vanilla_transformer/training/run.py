@@ -133,6 +133,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         compute_metrics=bleu_metric_fn(tokenizer, load_bleu()),
         max_tokens=recipe.training.batch_tokens,
         warmup_steps=recipe.training.warmup_steps,
+        max_minutes=recipe.training.max_minutes,
         batch_log=run_dir if recipe.training.log_batches else None,
     )
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

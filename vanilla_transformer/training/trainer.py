@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from .batching import TokenBatchSampler
 from .data import token_lengths
@@ -19,7 +21,8 @@ logger = logging.getLogger(__name__)
 class TranslationTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer with fairseq-style token batches, the Noam schedule, and tokens/s and padding in the logs."""
 
-    def __init__(self, *args, max_tokens: int, warmup_steps: int, batch_log: Path | None = None, **kwargs):
+    def __init__(self, *args, max_tokens: int, warmup_steps: int, batch_log: Path | None = None,
+                 max_minutes: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_tokens = max_tokens
         self.warmup_steps = warmup_steps
@@ -27,6 +30,7 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.tokens_since_log = self.padded_since_log = 0
         self.log_clock = time.perf_counter()
         self.add_callback(SamplerEpoch(self))
+        self.add_callback(TimeBudget(max_minutes))
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
@@ -78,6 +82,68 @@ class SamplerEpoch(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch is epochs done as a float (1.5 when resuming halfway through the second epoch).
         self.trainer.batch_sampler.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+
+
+class TimeBudget(TrainerCallback, ExportableState):
+    """Says what the run will take once its first updates are timed, and with max_minutes ends training on time.
+
+    The run ends before the update that would pass max_minutes of training (evaluations included, the minutes
+    before a resume too: they are kept in the checkpoints), with a checkpoint and an evaluation there, so checkpoint
+    averaging and the results see the last update. The Noam schedule needs no planned length, so a run cut short
+    has had the same learning rates as a longer one up to there.
+    """
+
+    forecast_after = 20  # updates timed before the forecast (the first ones include start-up costs)
+
+    def __init__(self, max_minutes: float | None = None):
+        self.max_minutes = max_minutes
+        self.seconds_before = 0.0  # training time of the run before it was resumed
+        self.clock = self.seconds_per_update = None
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run's state holds what state() recorded in the checkpoint.
+        recorded = state.stateful_callbacks.get(type(self).__name__) or {}
+        self.seconds_before = recorded.get("attributes", {}).get("seconds_before", 0.0)
+        self.clock, self.first_step = time.perf_counter(), state.global_step
+
+    def seconds(self) -> float:
+        """Training time so far, the run's before a resume included."""
+        return self.seconds_before + (time.perf_counter() - self.clock if self.clock is not None else 0.0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        done = state.global_step - self.first_step
+        self.seconds_per_update = (time.perf_counter() - self.clock) / done  # the mean since (re)starting
+        if done == self.forecast_after:
+            self.log_forecast(state)
+        if self.max_minutes and not control.should_training_stop and self.out_of_time(args):
+            logger.info("training.max_minutes=%g reached after %d updates: training ends here", self.max_minutes,
+                        state.global_step)
+            control.should_training_stop = control.should_save = control.should_evaluate = True
+        return control
+
+    def out_of_time(self, args) -> bool:
+        """Whether the next update would end past max_minutes, as the main process's clock says, on every process
+        (processes that stopped after different updates would wait for each other forever)."""
+        late = self.seconds() + self.seconds_per_update > self.max_minutes * 60
+        if args.world_size > 1:
+            late = broadcast_object_list([late], from_process=0)[0]
+        return late
+
+    def log_forecast(self, state) -> None:
+        per_update, left = self.seconds_per_update, state.max_steps - state.global_step
+        planned = f"the recipe's {state.max_steps:,} updates take about {(self.seconds() + left * per_update) / 60:.0f} min"
+        if self.max_minutes:
+            reachable = state.global_step + int((self.max_minutes * 60 - self.seconds()) / per_update)
+            if reachable < state.max_steps:
+                planned += (f"; training.max_minutes={self.max_minutes:g} ends it after about {reachable:,} "
+                            f"({100 * reachable / state.max_steps:.0f}%, fewer for the evaluations)")
+        logger.info("%d updates in %.1f s (%.2f s each): %s, plus the evaluations", self.forecast_after,
+                    self.forecast_after * per_update, per_update, planned)
+
+    def state(self) -> dict:
+        # Saved in each checkpoint's trainer_state.json; the budget itself comes from the recipe, also on resume.
+        return {"args": {"max_minutes": self.max_minutes}, "attributes": {"seconds_before": round(self.seconds(), 1)}}
 
 
 class BatchLoggingCollator:
