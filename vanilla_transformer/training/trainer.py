@@ -132,7 +132,8 @@ class TimeBudget(TrainerCallback, ExportableState):
 
     def log_forecast(self, state) -> None:
         per_update, left = self.seconds_per_update, state.max_steps - state.global_step
-        planned = f"the recipe's {state.max_steps:,} updates take about {(self.seconds() + left * per_update) / 60:.0f} min"
+        minutes = (self.seconds() + left * per_update) / 60
+        planned = f"the recipe's {state.max_steps:,} updates take about {minutes:.0f} min"
         if self.max_minutes:
             reachable = state.global_step + int((self.max_minutes * 60 - self.seconds()) / per_update)
             if reachable < state.max_steps:
