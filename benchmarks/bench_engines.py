@@ -1,6 +1,7 @@
 """Serving speed of the trained Multi30k model on test2016: MarianMTModel (the same weights, through
 export-marian), ours in PyTorch, and CTranslate2 in float32 and int8. Beam 4 in batches of 32 (sentences/s and
-BLEU), and greedy one sentence at a time (ms per generated token).
+BLEU), and greedy one sentence at a time (ms per generated token). CTranslate2 runs in two layouts of the same
+threads: its default here, a worker per thread translating batches side by side, and one worker on all of them.
 
 Every engine decodes with the same limit (64 new tokens, beyond any test2016 translation). Marian's fp32 logits are
 first checked against ours (max difference <= 1e-5 of the largest logit). Prints one JSON object.
@@ -49,11 +50,12 @@ def ctranslate2_engine(translator: Translator):
     return run
 
 
-def measure_ctranslate2(path: str, model_dir: str, sources, references, latency_sentences: int, threads: int):
+def measure_ctranslate2(path: str, model_dir: str, sources, references, latency_sentences: int,
+                        inter_threads: int, intra_threads: int):
     """The engine in a process of its own: once torch's thread pool has run in a process, the engine's threads share
     the cores with it (on the 2-core AVX-512 EPYC: beam 4 at 95 instead of 173 sentences/s, 2026-12-03)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    engine = ctranslate2_engine(Translator(path, threads=threads))
+    engine = ctranslate2_engine(Translator(path, inter_threads=inter_threads, intra_threads=intra_threads))
     return measure(engine, sources, references, tokenizer, latency_sentences)
 
 
@@ -103,12 +105,17 @@ def main() -> None:
               "machine": {**machine(), "cpu_flags": cpu_flags(), "bf16": bf16_available()}}
     for name, run in engines.items():
         result[name] = measure(run, sources, references, tokenizer, args.latency_sentences)
-    spawn = multiprocessing.get_context("spawn")
+    spawn, threads = multiprocessing.get_context("spawn"), torch.get_num_threads()
+    # The engine's default on a CPU (a worker per core, one thread each), and one worker on all the threads.
+    layouts = {"": (threads, 1), "_one_worker": (1, threads)}
     for quantization in ("float32", "int8"):
         path = export(args.model, work / f"ct2-{quantization}", quantization=quantization)
-        with spawn.Pool(1) as pool:
-            result[f"ctranslate2_{quantization}"] = pool.apply(measure_ctranslate2, (
-                str(path), args.model, sources, references, args.latency_sentences, torch.get_num_threads()))
+        for suffix, (inter_threads, intra_threads) in layouts.items():
+            with spawn.Pool(1) as pool:
+                result[f"ctranslate2_{quantization}{suffix}"] = {
+                    "inter_threads": inter_threads, "intra_threads": intra_threads,
+                    **pool.apply(measure_ctranslate2, (str(path), args.model, sources, references,
+                                                       args.latency_sentences, inter_threads, intra_threads))}
     marian_result = result["marian_fp32"]
     result["ratios_vs_marian_fp32"] = {
         name: {"beam4_sentences_per_s": round(result[name]["beam4_sentences_per_s"]

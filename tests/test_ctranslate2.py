@@ -103,6 +103,10 @@ def test_translator_api_and_long_and_blank_lines(tokenizer, tmp_path):
     lines = SENTENCES + ["", " ".join(["Hund"] * 100)]
     out = translator.translate(lines, num_beams=2, max_length_offset=5)
     assert len(out) == len(lines) and out[4] == "" and all(isinstance(line, str) for line in out)
+    # Two workers translating one-sentence batches side by side still answer in input order.
+    workers = engine.Translator(tmp_path / "ct2", inter_threads=2)
+    assert workers.translate(lines, num_beams=2, max_length_offset=5, batch_size=1) == out
+    assert len(set(out)) > 2, "identical translations would not show the order"
 
 
 def test_export_refuses_what_is_not_our_model(tokenizer, tmp_path):

@@ -7,6 +7,7 @@ the engine is given our tokenizer's tokens in id order, since it translates toke
 Needs the optional extra: `pip install vanilla-transformer[ctranslate2]`.
 """
 
+import os
 from pathlib import Path
 
 import ctranslate2
@@ -116,13 +117,20 @@ def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None 
 class Translator:
     """Translate lines with an exported folder: our tokenizer in, ctranslate2.Translator, our tokenizer out."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", compute_type: str = "default", threads: int = 0):
+    def __init__(self, path: str | Path, device: str = "cpu", compute_type: str = "default",
+                 inter_threads: int | None = None, intra_threads: int = 1):
+        """On a CPU, by default one worker per core, each on one thread: batches are translated in parallel, as
+        CTranslate2's docs advise for throughput. Several threads per worker (intra_threads) can shorten a single
+        sentence in float32, but int8 on 2 threads was 10x slower per token than on one (2-core AVX-512 EPYC,
+        docs/performance.md)."""
         path = Path(path)
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"{path}: no model.bin, so this is not an exported CTranslate2 folder")
+        if inter_threads is None:
+            inter_threads = max(1, (os.cpu_count() or 1) // intra_threads) if device == "cpu" else 1
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute_type,
-                                                 intra_threads=threads)
+                                                 inter_threads=inter_threads, intra_threads=intra_threads)
         self.max_positions = int((path / "max_position_embeddings").read_text())
 
     def source_tokens(self, lines: list[str], first_line: int = 1) -> list[list[str]]:
