@@ -107,6 +107,8 @@ def test_translator_api_and_long_and_blank_lines(tokenizer, tmp_path):
     workers = engine.Translator(tmp_path / "ct2", inter_threads=2)
     assert workers.translate(lines, num_beams=2, max_length_offset=5, batch_size=1) == out
     assert len(set(out)) > 2, "identical translations would not show the order"
+    with pytest.raises(ValueError, match="intra_threads must be at least 1, not 0"):
+        engine.Translator(tmp_path / "ct2", intra_threads=0)
 
 
 def test_export_refuses_what_is_not_our_model(tokenizer, tmp_path):
@@ -129,9 +131,10 @@ def test_commands_export_and_translate_with_the_engine(tokenizer, tmp_path):
                           "int8"], check=True, capture_output=True, timeout=300)
     lines = "\n".join(SENTENCES[:2] + ["", " ".join(["Hund"] * 100)]) + "\n"
     outputs = {}
-    for engine_name, folder in (("torch", "model"), ("ctranslate2", "ct2"), ("ctranslate2", "int8")):
+    for engine_name, folder, threads in (("torch", "model", []), ("ctranslate2", "ct2", []),
+                                         ("ctranslate2", "int8", ["--inter-threads", "1", "--intra-threads", "2"])):
         result = subprocess.run(cli + ["translate", str(tmp_path / folder), "--engine", engine_name, "--num-beams",
-                                       "4"], input=lines, capture_output=True, text=True, timeout=300)
+                                       "4", *threads], input=lines, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "line 4: 201 tokens, more than the model's 64 positions" in result.stderr
         outputs[folder] = result.stdout.split("\n")[:-1]

@@ -175,7 +175,8 @@ def make_translator(args: argparse.Namespace, progress: bool):
     if args.engine == "ctranslate2":
         from .engines.ctranslate2 import Translator
 
-        engine = Translator(args.model, compute_type=args.compute_type)
+        engine = Translator(args.model, compute_type=args.compute_type, inter_threads=args.inter_threads,
+                            intra_threads=args.intra_threads)
         settings.pop("early_stopping")  # the engine stops a beam at </s> always
 
         def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
@@ -262,6 +263,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch",
                         help="ctranslate2: MODEL is a folder made by export-ctranslate2")
     parser.add_argument("--compute-type", default="default", help="ctranslate2's, e.g. int8, float32")
+    parser.add_argument("--inter-threads", type=int, default=None,
+                        help="ctranslate2: workers translating batches side by side (default: the cores / intra)")
+    parser.add_argument("--intra-threads", type=int, default=1, help="ctranslate2: threads per worker")
 
 
 def main(argv: list[str] | None = None) -> None:

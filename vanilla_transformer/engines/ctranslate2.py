@@ -126,6 +126,9 @@ class Translator:
         path = Path(path)
         if not (path / "model.bin").is_file():
             raise FileNotFoundError(f"{path}: no model.bin, so this is not an exported CTranslate2 folder")
+        for name, value in (("inter_threads", inter_threads), ("intra_threads", intra_threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
         if inter_threads is None:
             inter_threads = max(1, (os.cpu_count() or 1) // intra_threads) if device == "cpu" else 1
         self.tokenizer = AutoTokenizer.from_pretrained(path)
