@@ -111,6 +111,17 @@ def test_translator_api_and_long_and_blank_lines(tokenizer, tmp_path):
         engine.Translator(tmp_path / "ct2", intra_threads=0)
 
 
+def test_int8_on_a_cpu_without_vnni_warns(tokenizer, tmp_path, monkeypatch, caplog):
+    exported(tokenizer, tmp_path)
+    engine.export(tmp_path / "model", tmp_path / "int8", quantization="int8")
+    for lacks_vnni, warned in ((False, False), (True, True)):
+        monkeypatch.setattr(engine, "cpu_lacks_vnni", lambda: lacks_vnni)
+        caplog.clear()
+        for folder, expected in (("ct2", False), ("int8", warned)):
+            engine.Translator(tmp_path / folder)
+            assert ("without VNNI" in caplog.text) == expected, (folder, lacks_vnni)
+
+
 def test_export_refuses_what_is_not_our_model(tokenizer, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty: no config.json here"):

@@ -7,6 +7,7 @@ the engine is given our tokenizer's tokens in id order, since it translates toke
 Needs the optional extra: `pip install vanilla-transformer[ctranslate2]`.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from transformers import AutoTokenizer
 
 from ..evaluation import encode_to_fit
 from ..hub.source import load_tokenizer, model_source
+
+logger = logging.getLogger(__name__)
 
 ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
                "swish": common_spec.Activation.SWISH, "silu": common_spec.Activation.SWISH}
@@ -105,6 +108,15 @@ def set_layer_norm(spec, norm) -> None:
     spec.beta = norm.bias
 
 
+def cpu_lacks_vnni() -> bool:
+    """True when the CPU's flags (Linux) show no VNNI dot-product instructions; False when they cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+
+
 def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, force: bool = False) -> Path:
     """A CTranslate2 model folder from one of ours, with our tokenizer files beside it so that it stands alone."""
     converter = VanillaTransformerConverter(model_dir)
@@ -135,6 +147,10 @@ class Translator:
         self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute_type,
                                                  inter_threads=inter_threads, intra_threads=intra_threads)
         self.max_positions = int((path / "max_position_embeddings").read_text())
+        if device == "cpu" and self.translator.compute_type.startswith("int8") and cpu_lacks_vnni():
+            logger.warning("%s: int8 on a CPU without VNNI, whose int8 products can saturate: on the demo model "
+                           "it lost 0.52 BLEU against float32 there, 0.20 with VNNI (docs/performance.md); check "
+                           "it on a test set, or use --compute-type float32", path)
 
     def source_tokens(self, lines: list[str], first_line: int = 1) -> list[list[str]]:
         """Each line as the engine's input tokens (with </s>), cut to the model's positions with a warning."""
