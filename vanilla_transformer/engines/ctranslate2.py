@@ -109,7 +109,7 @@ def set_layer_norm(spec, norm) -> None:
 
 
 def cpu_lacks_vnni() -> bool:
-    """True when the CPU's flags (Linux) show no VNNI dot-product instructions; False when they cannot be read."""
+    """True when the CPU's flags (Linux) show AVX2 but no VNNI dot products; False when they cannot be read."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -133,7 +133,7 @@ class Translator:
                  inter_threads: int | None = None, intra_threads: int = 1):
         """On a CPU, by default one worker per core, each on one thread: batches are translated in parallel, as
         CTranslate2's docs advise for throughput. Several threads per worker (intra_threads) can shorten a single
-        sentence in float32, but int8 on 2 threads was 10x slower per token than on one (2-core AVX-512 EPYC,
+        sentence in float32, but int8 on 2 threads was 5-10x slower per token than on one (2-core AVX-512 EPYC,
         docs/performance.md)."""
         path = Path(path)
         if not (path / "model.bin").is_file():
