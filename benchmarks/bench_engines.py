@@ -23,17 +23,11 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, MarianMTModel
 import vanilla_transformer  # noqa: F401  (registers the Auto classes)
 from vanilla_transformer.convert.marian import export_marian_checkpoint
 from vanilla_transformer.corpus import read_lines
-from vanilla_transformer.engines.ctranslate2 import Translator, export
+from vanilla_transformer.engines.ctranslate2 import Translator, cpu_flags, export
 from vanilla_transformer.evaluation import decoding_settings, score, translate
 from vanilla_transformer.training.run import bf16_available
 
 MAX_NEW_TOKENS = 64
-
-
-def cpu_flags() -> list[str]:
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx", "fma")))
 
 
 def torch_engine(model, tokenizer):
@@ -100,9 +94,10 @@ def main() -> None:
     if bf16_available():
         bf16 = AutoModelForSeq2SeqLM.from_pretrained(args.model, dtype=torch.bfloat16).eval()
         engines["ours_bf16"] = torch_engine(bf16, tokenizer)
+    vector_flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx", "fma")))
     result = {"model": args.model, "sentences": len(sources), "marian_max_logit_difference": difference,
               "largest_logit": largest_logit,
-              "machine": {**machine(), "cpu_flags": cpu_flags(), "bf16": bf16_available()}}
+              "machine": {**machine(), "cpu_flags": vector_flags, "bf16": bf16_available()}}
     for name, run in engines.items():
         result[name] = measure(run, sources, references, tokenizer, args.latency_sentences)
     spawn, threads = multiprocessing.get_context("spawn"), torch.get_num_threads()

@@ -108,13 +108,19 @@ def set_layer_norm(spec, norm) -> None:
     spec.beta = norm.bias
 
 
-def cpu_lacks_vnni() -> bool:
-    """True when the CPU's flags (Linux) show AVX2 but no VNNI dot products; False when they cannot be read."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where they cannot be read."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+
+
+def cpu_lacks_vnni() -> bool:
+    """True when the CPU's flags show AVX2 but no VNNI dot products; False when they cannot be read."""
+    flags = cpu_flags()
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & flags
 
 
 def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, force: bool = False) -> Path:
