@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import write_pairs
 
@@ -94,3 +95,82 @@ def test_micro_batches_split_each_batch_and_accumulate_its_gradients(small_corpu
                          "training.gradient_accumulation_steps=2")
     assert recipe.training.batch_tokens == 300 and recipe.training.micro_batches == 4
     assert training_arguments(recipe, 64).gradient_accumulation_steps == 8
+
+
+def multi30k_pairs(data_dir: Path, folder: Path, count: int):
+    """The first `count` Multi30k train pairs, read as `train` reads a local folder, and a tokenizer learned on them."""
+    de = (data_dir / "multi30k/train.de").read_text(encoding="utf-8").splitlines()[:count]
+    en = (data_dir / "multi30k/train.en").read_text(encoding="utf-8").splitlines()[:count]
+    write_pairs(folder, "train", de, en)
+    raw = load_parallel(folder, ("de", "en"), splits=["train"])["train"]
+    return raw, train_tokenizer(texts=de + en, vocab_size=500, show_progress=False), de, en
+
+
+def preloadable_library() -> str:
+    """jemalloc or mimalloc where installed, else the C library itself (preloading it changes nothing)."""
+    from vanilla_transformer.training.tokenize_child import malloc_library
+
+    maps = Path("/proc/self/maps").read_text().split()
+    return malloc_library() or next(word for word in maps if "/libc.so" in word or "/libc-" in word)
+
+
+class ParentMustNotEncode:
+    """A stand-in for the tokenizers backend in this process: the parent must read the child's output, not encode."""
+
+    @classmethod
+    def from_str(cls, backend):
+        return cls()
+
+    def no_padding(self):
+        pass
+
+    def no_truncation(self):
+        pass
+
+    def encode_batch_fast(self, texts):
+        raise AssertionError("the parent encoded the pairs the child had encoded")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_a_child_process_with_a_faster_malloc_encodes_the_train_set_for_the_parent(data_dir, tmp_path, monkeypatch):
+    from vanilla_transformer.training import data, tokenize_child
+
+    raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 300)
+    monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, preloadable_library())
+    monkeypatch.setattr(data, "Tokenizer", ParentMustNotEncode)
+    tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert detail.startswith("child process,") and "preloaded" in detail and "not loaded" not in detail
+    assert tokenized["input_ids"] == tokenizer(de)["input_ids"]
+    assert tokenized["labels"] == tokenizer(en)["input_ids"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_the_child_says_when_its_malloc_was_not_loaded_and_a_failed_child_leaves_the_work_to_the_parent(
+        data_dir, tmp_path, monkeypatch, caplog):
+    from vanilla_transformer.training import tokenize_child
+
+    raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 200)
+    not_a_library = tmp_path / "malloc.so"
+    not_a_library.write_text("not ELF")
+    monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, str(not_a_library))
+    tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert "malloc.so asked for but not loaded" in detail  # the loader ignores it; the child still encodes
+    assert tokenized["input_ids"] == tokenizer(de)["input_ids"]
+
+    raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "other", 150)
+    monkeypatch.setattr(tokenize_child.subprocess, "call", lambda *args, **kwargs: 3)  # a child that died
+    with caplog.at_level("WARNING"):
+        tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert detail is None and "exit code 3" in caplog.text
+    assert tokenized["labels"] == tokenizer(en)["input_ids"]
+
+
+def test_the_malloc_variable_is_checked(monkeypatch, tmp_path):
+    from vanilla_transformer.training.tokenize_child import MALLOC_VARIABLE, malloc_library
+
+    monkeypatch.setenv(MALLOC_VARIABLE, "none")
+    assert malloc_library() is None
+    monkeypatch.setenv(MALLOC_VARIABLE, str(tmp_path / "missing.so"))
+    if sys.platform.startswith("linux"):
+        with pytest.raises(ValueError, match=f"{MALLOC_VARIABLE}=.*missing.so: no such file"):
+            malloc_library()

@@ -3,7 +3,8 @@
 Every phase is timed, and the costly ones are cached across runs, keyed by their inputs: the text as Arrow (the
 datasets cache, keyed by the files' size and time), the tokenizer (keyed by the training text's fingerprint and the
 tokenizer settings), the token ids (the datasets cache, keyed by the text and the tokenizer). A rerun, a resume, and
-the other processes of a multi-process launch (which wait for the main process) reuse them.
+the other processes of a multi-process launch (which wait for the main process) reuse them. A large train set is
+encoded in a child process with a faster malloc (tokenize_child.py).
 """
 
 import hashlib
@@ -26,6 +27,7 @@ from transformers import AutoTokenizer
 from ..tokenization import train_tokenizer
 from .data import clean, load_parallel, tokenize
 from .recipe import Recipe
+from .tokenize_child import tokenize_train
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Phase:
     megabytes: float | None = None
     cached: bool | None = None
     peak_rss_mb: int | None = None  # the process's, so far
+    detail: str | None = None  # how it ran, where that is not the obvious way
 
 
 @dataclass
@@ -61,7 +64,8 @@ class PreparedData:
             megabytes = f"{p.megabytes:,.0f}" if p.megabytes is not None else ""
             cached = {True: "yes", False: "no", None: ""}[p.cached]
             rss = f"{p.peak_rss_mb:,}" if p.peak_rss_mb is not None else ""
-            lines.append(f"{p.name:<22}{p.seconds:>9.1f}{rows:>12}{megabytes:>9}{rss:>13}  {cached}")
+            detail = f" ({p.detail})" if p.detail else ""
+            lines.append(f"{p.name:<22}{p.seconds:>9.1f}{rows:>12}{megabytes:>9}{rss:>13}  {cached}{detail}")
         lines.append(f"{'total':<22}{sum(p.seconds for p in self.phases):>9.1f}")
         return "\n".join(lines)
 
@@ -104,7 +108,7 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         with phase("tokenizer") as (p, _):
             tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
         with phase("tokenize train") as (p, existing):
-            tokenized = tokenize(raw[d.train], tokenizer, langs, d.num_proc)
+            tokenized, p.detail = tokenize_train(raw[d.train], tokenizer, langs, d.num_proc)
             p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
             p.cached = found_in(tokenized, existing)
         with phase("clean") as (p, _):
