@@ -6,7 +6,8 @@ and newstest2014 as test, then runs `vanilla-transformer train` on it twice with
 empty datasets cache, then in a new run folder (everything cached). Each run's stderr is timestamped as it arrives:
 the first update starts when the Trainer's batch line is logged. Prints one JSON object: per run the wall-clock
 seconds to the first update, the update's seconds, the data path's phases (data-rank0.json: seconds, rows, MB,
-cached, the process's peak RSS at the end of each) and the whole run's peak RSS.
+cached, the process's peak RSS at the end of each; for the train set's tokenising in a child process, the child's
+peak and this process's RSS meanwhile) and the whole run's peak RSS (its largest process).
 Usage: python benchmarks/bench_data.py [--pairs 4500000] [--data ../shared/data] [--work /tmp/bench-data]
 """
 
@@ -87,6 +88,8 @@ def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
         "seconds_to_first_update": round(first_update, 1),
         "seconds_from_first_update_to_exit": round(total - first_update, 1),
         "data_path_seconds": round(sum(p["seconds"] for p in phases), 1),
+        # The phases' own peaks, or for one that a child process ran, this process's RSS then plus the child's peak.
+        "data_path_peak_rss_mb": max(p.get("peak_rss_with_child_mb") or p["peak_rss_mb"] for p in phases),
         "phases": phases,
         "peak_rss_mb": round(peak_rss_kb / 1024),
     }

@@ -138,8 +138,8 @@ def test_a_child_process_with_a_faster_malloc_encodes_the_train_set_for_the_pare
     raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 300)
     monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, preloadable_library())
     monkeypatch.setattr(data, "Tokenizer", ParentMustNotEncode)
-    tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
-    assert detail.startswith("child process,") and "preloaded" in detail and "not loaded" not in detail
+    tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert child.loaded and child.peak_rss_mb > 0 and child.parent_rss_mb > 0
     assert tokenized["input_ids"] == tokenizer(de)["input_ids"]
     assert tokenized["labels"] == tokenizer(en)["input_ids"]
 
@@ -153,15 +153,15 @@ def test_the_child_says_when_its_malloc_was_not_loaded_and_a_failed_child_leaves
     not_a_library = tmp_path / "malloc.so"
     not_a_library.write_text("not ELF")
     monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, str(not_a_library))
-    tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
-    assert "malloc.so asked for but not loaded" in detail  # the loader ignores it; the child still encodes
+    tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert not child.loaded and "malloc.so asked for but not loaded" in child.describe()  # the loader skips it
     assert tokenized["input_ids"] == tokenizer(de)["input_ids"]
 
     raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "other", 150)
     monkeypatch.setattr(tokenize_child.subprocess, "call", lambda *args, **kwargs: 3)  # a child that died
     with caplog.at_level("WARNING"):
-        tokenized, detail = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
-    assert detail is None and "exit code 3" in caplog.text
+        tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    assert child is None and "exit code 3" in caplog.text
     assert tokenized["labels"] == tokenizer(en)["input_ids"]
 
 

@@ -43,6 +43,7 @@ class Phase:
     cached: bool | None = None
     peak_rss_mb: int | None = None  # the process's, so far
     detail: str | None = None  # how it ran, where that is not the obvious way
+    peak_rss_with_child_mb: int | None = None  # this process's RSS while a child worked for it, plus the child's peak
 
 
 @dataclass
@@ -108,7 +109,9 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         with phase("tokenizer") as (p, _):
             tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
         with phase("tokenize train") as (p, existing):
-            tokenized, p.detail = tokenize_train(raw[d.train], tokenizer, langs, d.num_proc)
+            tokenized, child = tokenize_train(raw[d.train], tokenizer, langs, d.num_proc)
+            if child is not None:
+                p.detail, p.peak_rss_with_child_mb = child.describe(), child.parent_rss_mb + child.peak_rss_mb
             p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
             p.cached = found_in(tokenized, existing)
         with phase("clean") as (p, _):

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -42,11 +43,26 @@ def malloc_library() -> str | None:
     return next(filter(None, map(ctypes.util.find_library, ("jemalloc", "mimalloc"))), None)
 
 
+@dataclass
+class ChildRun:
+    """What a child that encoded the train set ran with, and the memory it and its parent held."""
+
+    library: str
+    loaded: bool  # whether the library was in the child's memory map (the loader skips one it cannot load)
+    peak_rss_mb: int
+    parent_rss_mb: int  # the parent's while the child ran
+
+    def describe(self) -> str:
+        loaded = "preloaded" if self.loaded else "asked for but not loaded"
+        return (f"child process, {Path(self.library).name} {loaded}, peak RSS {self.peak_rss_mb:,} MB, "
+                f"this process {self.parent_rss_mb:,} MB meanwhile")
+
+
 def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
-                   min_pairs: int = MIN_PAIRS) -> tuple[datasets.Dataset, str | None]:
+                   min_pairs: int = MIN_PAIRS) -> tuple[datasets.Dataset, ChildRun | None]:
     """tokenize(), the encoding done in a child process with a faster malloc when it is worth it.
 
-    Returns the tokenised pairs and, when a child encoded them, what it ran with (for the phase table).
+    Returns the tokenised pairs and, when a child encoded them, how it ran.
     """
     library = malloc_library()
     backend = tokenizer.backend_tokenizer.to_str()
@@ -55,8 +71,8 @@ def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str],
     readable = bool(dataset.cache_files) and dataset._indices is None
     worth_it = (library is not None and len(dataset) >= min_pairs and readable
                 and not already_tokenized(dataset, fingerprint))
-    detail = run_child(dataset, backend, langs, num_proc, fingerprint, library) if worth_it else None
-    return tokenize(dataset, tokenizer, langs, num_proc), detail  # the child's output, read as a cache hit
+    child = run_child(dataset, backend, langs, num_proc, fingerprint, library) if worth_it else None
+    return tokenize(dataset, tokenizer, langs, num_proc), child  # the child's output, read as a cache hit
 
 
 def already_tokenized(dataset: datasets.Dataset, fingerprint: str) -> bool:
@@ -65,7 +81,7 @@ def already_tokenized(dataset: datasets.Dataset, fingerprint: str) -> bool:
 
 
 def run_child(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], num_proc: int | None,
-              fingerprint: str, library: str) -> str | None:
+              fingerprint: str, library: str) -> ChildRun | None:
     """Encode the pairs in a child with `library` preloaded; on failure say why (the parent then encodes them)."""
     with tempfile.TemporaryDirectory(prefix="vanilla-transformer-tokenize-") as folder:
         spec = Path(folder) / "spec.json"
@@ -76,14 +92,28 @@ def run_child(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], n
         report = Path(folder) / "report.json"
         env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, (library, os.environ.get("LD_PRELOAD"))))}
         logger.info("tokenize train: encoding %d pairs in a child process with %s preloaded", len(dataset), library)
+        return_freed_memory()  # what the tokenizer's training freed, for the child to use
+        parent_rss_mb = current_rss_mb()
         code = subprocess.call([sys.executable, "-m", __name__, str(spec), str(report)], env=env)
         if code != 0 or not report.is_file():
             logger.warning("tokenize train: the child process with %s failed (exit code %s); encoding in this "
                            "process instead", library, code)
             return None
         child = json.loads(report.read_text(encoding="utf-8"))
-    loaded = "preloaded" if child["malloc_loaded"] else "asked for but not loaded"
-    return f"child process, {Path(library).name} {loaded}, peak RSS {child['peak_rss_mb']:,} MB"
+    return ChildRun(library, child["malloc_loaded"], child["peak_rss_mb"], parent_rss_mb)
+
+
+def return_freed_memory() -> None:
+    """glibc's malloc_trim: give the freed parts of the heap back to the system (glibc keeps them otherwise)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # not in every C library (musl)
+    if trim is not None:
+        trim(0)
+
+
+def current_rss_mb() -> int:
+    """This process's resident memory now (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return round(int(status.split("VmRSS:")[1].split()[0]) / 1024)
 
 
 def main(spec_path: str, report_path: str) -> None:
@@ -97,9 +127,10 @@ def main(spec_path: str, report_path: str) -> None:
     import resource  # Unix only, as is this child
 
     preloaded = os.environ.get("LD_PRELOAD", "").split()[0]
-    maps = Path("/proc/self/maps").read_text()
+    mapped = {Path(line.split()[-1]) for line in Path("/proc/self/maps").read_text().splitlines() if "/" in line}
+    loaded = any(path.name == preloaded or path == Path(preloaded).resolve() for path in mapped)
     Path(report_path).write_text(json.dumps({
-        "malloc_loaded": Path(preloaded).name.split(".so")[0] in maps,
+        "malloc_loaded": loaded,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }), encoding="utf-8")
 
