@@ -76,10 +76,19 @@ def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
             if first_update is None and "training pairs in" in line:
                 first_update = time.perf_counter() - started
 
-    reader = threading.Thread(target=read_stderr)
+    samples = []  # (seconds, the run's processes' summed RSS, PSS and anonymous memory, MB)
+
+    def sample_memory():
+        while process.poll() is None:
+            samples.append((time.perf_counter() - started, *tree_memory_mb(process.pid)))
+            time.sleep(0.5)
+
+    reader, sampler = threading.Thread(target=read_stderr), threading.Thread(target=sample_memory)
     reader.start()
+    sampler.start()
     process.wait()
     reader.join()
+    sampler.join()
     total = time.perf_counter() - started
     if process.returncode != 0:
         sys.exit("".join(log[-40:]))
@@ -92,7 +101,36 @@ def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
         "data_path_peak_rss_mb": max(p.get("peak_rss_with_child_mb") or p["peak_rss_mb"] for p in phases),
         "phases": phases,
         "peak_rss_mb": round(peak_rss_kb / 1024),
+        # Sampled every 0.5 s over all the run's processes until its first update (the data path, then the model):
+        # RSS summed counts the pages of an Arrow file that two processes map twice; PSS shares them out.
+        "to_first_update_peak_tree_mb": {kind: max(sample[column] for sample in samples if sample[0] <= first_update)
+                                         for column, kind in ((1, "rss"), (2, "pss"), (3, "anonymous"))},
     }
+
+
+def tree_memory_mb(root: int) -> tuple[int, int, int]:
+    """RSS, PSS and anonymous memory summed over a process and its descendants (Linux smaps_rollup), in MB."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
+        grew, tree = grown != tree, grown
+    totals = {"Rss:": 0, "Pss:": 0, "Anonymous:": 0}
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, value = line.split()[:2]
+                if key in totals:
+                    totals[key] += int(value)
+        except (OSError, ValueError):
+            continue
+    return tuple(round(kb / 1024) for kb in totals.values())
 
 
 def main() -> None:

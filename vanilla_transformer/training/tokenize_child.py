@@ -51,11 +51,12 @@ class ChildRun:
     loaded: bool  # whether the library was in the child's memory map (the loader skips one it cannot load)
     peak_rss_mb: int
     parent_rss_mb: int  # the parent's while the child ran
+    parent_file_mb: int  # of which pages of mapped files (the Arrow tables), which the child may map too
 
     def describe(self) -> str:
         loaded = "preloaded" if self.loaded else "asked for but not loaded"
-        return (f"child process, {Path(self.library).name} {loaded}, peak RSS {self.peak_rss_mb:,} MB, "
-                f"this process {self.parent_rss_mb:,} MB meanwhile")
+        return (f"child process, {Path(self.library).name} {loaded}, peak RSS {self.peak_rss_mb:,} MB; "
+                f"this process {self.parent_rss_mb:,} MB meanwhile, {self.parent_file_mb:,} MB of it mapped files")
 
 
 def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
@@ -93,14 +94,14 @@ def run_child(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], n
         env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, (library, os.environ.get("LD_PRELOAD"))))}
         logger.info("tokenize train: encoding %d pairs in a child process with %s preloaded", len(dataset), library)
         return_freed_memory()  # what the tokenizer's training freed, for the child to use
-        parent_rss_mb = current_rss_mb()
+        parent_rss_mb, parent_file_mb = current_rss_mb()
         code = subprocess.call([sys.executable, "-m", __name__, str(spec), str(report)], env=env)
         if code != 0 or not report.is_file():
             logger.warning("tokenize train: the child process with %s failed (exit code %s); encoding in this "
                            "process instead", library, code)
             return None
         child = json.loads(report.read_text(encoding="utf-8"))
-    return ChildRun(library, child["malloc_loaded"], child["peak_rss_mb"], parent_rss_mb)
+    return ChildRun(library, child["malloc_loaded"], child["peak_rss_mb"], parent_rss_mb, parent_file_mb)
 
 
 def return_freed_memory() -> None:
@@ -110,10 +111,10 @@ def return_freed_memory() -> None:
         trim(0)
 
 
-def current_rss_mb() -> int:
-    """This process's resident memory now (Linux)."""
+def current_rss_mb() -> tuple[int, int]:
+    """This process's resident memory now, and the part of it that is pages of mapped files (Linux), in MB."""
     status = Path("/proc/self/status").read_text()
-    return round(int(status.split("VmRSS:")[1].split()[0]) / 1024)
+    return tuple(round(int(status.split(f"{key}:")[1].split()[0]) / 1024) for key in ("VmRSS", "RssFile"))
 
 
 def main(spec_path: str, report_path: str) -> None:
