@@ -3,10 +3,12 @@
 The tokenizers library allocates a few small objects per token; with glibc's malloc that is a third of its time.
 LD_PRELOAD can only choose the allocator when a process starts, so the train set is encoded by a child started with
 it, into the datasets cache under the key the parent then asks for: the parent reads the child's result as a cache
-hit. On 1M pairs (Intel Xeon with AVX-512, 2 cores): 18,900 pairs/s in-process, 28,600 in the child with jemalloc.
+hit. On 4.5M pairs (Intel Xeon with AVX-512, 2 cores): 311 s in-process with glibc, 159-179 s in the child with
+jemalloc (and Python's cycle collector paused, as in every tokenising; docs/performance.md).
 
-VANILLA_TRANSFORMER_MALLOC chooses: a library (a path, or a name such as libjemalloc.so.2), or "none" to tokenise in-process with the system's malloc.
-By default jemalloc or mimalloc is used where installed (Debian/Ubuntu: `apt install libjemalloc2`), on Linux.
+VANILLA_TRANSFORMER_MALLOC chooses: a library (a path, or a name such as libjemalloc.so.2), or "none" to tokenise
+in-process with the system's malloc. By default jemalloc or mimalloc is used where installed (Debian/Ubuntu:
+`apt install libjemalloc2`), on Linux.
 """
 
 import ctypes.util
@@ -68,8 +70,9 @@ def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str],
     library = malloc_library()
     backend = tokenizer.backend_tokenizer.to_str()
     fingerprint = tokenized_fingerprint(dataset._fingerprint, backend, langs, None)
-    # The child reads the pairs from their Arrow files, whole (not through a selection).
-    readable = bool(dataset.cache_files) and dataset._indices is None
+    # The child reads the pairs from their Arrow files, whole (not through a selection), and hands its result over
+    # through the datasets cache.
+    readable = bool(dataset.cache_files) and dataset._indices is None and datasets.is_caching_enabled()
     worth_it = (library is not None and len(dataset) >= min_pairs and readable
                 and not already_tokenized(dataset, fingerprint))
     child = run_child(dataset, backend, langs, num_proc, fingerprint, library) if worth_it else None
