@@ -2,7 +2,7 @@
 
 Training: forward + backward over whole sequences, fp32 and bf16 autocast. Decoding: forward of one new query per
 sequence against its cached keys, fp32 and bf16 tensors, from one sequence to 256 beams. Why the model picks the
-plain path where it does on CPU (kernels.prefers_eager). Prints one JSON object.
+plain path where it does on CPU (modeling_kernels.prefers_eager). Prints one JSON object.
 Usage: python benchmarks/bench_attention.py [--batch 128] [--length 32] [--heads 4] [--head-dim 64]
 """
 

@@ -1,4 +1,4 @@
-"""Dropout alone, forward + backward: the model's InvertedDropout (kernels.py; four 16-bit numbers per 64-bit
+"""Dropout alone, forward + backward: the model's InvertedDropout (modeling_kernels.py; four 16-bit numbers per 64-bit
 random draw) vs F.dropout.
 
 One base-shape activation (128 x 32 tokens x 512), p = 0.1, fp32 and bf16 (as under bf16 autocast). Also reports the
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds
 
-from vanilla_transformer.kernels import InvertedDropout
+from vanilla_transformer.modeling_kernels import InvertedDropout
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds
 
-from vanilla_transformer.kernels import LabelSmoothedCrossEntropy
+from vanilla_transformer.modeling_kernels import LabelSmoothedCrossEntropy
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, modeling
-from vanilla_transformer.kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
+from vanilla_transformer.modeling_kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
 from vanilla_transformer.modeling import (
     CACHE_FIELD,
     sinusoidal_table,

@@ -18,7 +18,7 @@ from vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
 )
-from vanilla_transformer.kernels import prefers_eager
+from vanilla_transformer.modeling_kernels import prefers_eager
 
 
 def count_parameters(model) -> int:
@@ -86,6 +86,22 @@ def test_auto_classes_know_the_model(tmp_path):
     assert isinstance(AutoConfig.from_pretrained(tmp_path), VanillaTransformerConfig)
     assert type(AutoModel.from_config(config)) is VanillaTransformerModel
     assert type(AutoModelForSeq2SeqLM.from_config(config)) is VanillaTransformerForConditionalGeneration
+
+
+def test_the_remote_code_files_shadow_no_installed_module(tmp_path):
+    """Python run in a saved folder imports its .py files first: one named like a package that transformers imports
+    (kernels.py did, once transformers 5.25 imported the `kernels` package) breaks loading there."""
+    import importlib.util
+
+    tiny_model().save_pretrained(tmp_path)
+    shipped = sorted(path.stem for path in tmp_path.glob("*.py"))
+    assert "modeling" in shipped and "configuration" in shipped
+    script = ("import importlib.util, json; "
+              f"print(json.dumps({{n: bool(importlib.util.find_spec(n)) for n in {shipped!r}}}))")
+    found = json.loads(subprocess.run([sys.executable, "-c", script], cwd=tmp_path.parent, capture_output=True,
+                                      text=True, check=True).stdout)
+    assert not any(found.values()), f"installed modules with a shipped file's name: {found}"
+    assert importlib.util.find_spec("vanilla_transformer")  # the check itself sees installed modules
 
 
 def test_saved_folder_loads_with_remote_code_in_a_fresh_process(tmp_path):

@@ -57,7 +57,7 @@ class VanillaTransformerConfig(PretrainedConfig):
         eos_token_id=2,  # </s>
         decoder_start_token_id=1,  # first decoder input: <s>
         use_cache=True,  # keep keys/values during generation
-        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA on this CPU class (kernels.prefers_eager); False: SDPA
+        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA on this CPU class (modeling_kernels.prefers_eager); False: SDPA
         **kwargs,
     ):
         kwargs.setdefault("is_encoder_decoder", True)

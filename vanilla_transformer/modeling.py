@@ -4,9 +4,10 @@ In the paper's order: positional encodings and embeddings (3.4, 3.5), attention 
 residual connections with LayerNorm and the encoder and decoder layers and stacks (3.1), then the model with its
 linear + softmax output (3.4), and the transformers hooks for loading and generate().
 
-Everything the forward pass needs is in this file and the two beside it (configuration.py, and kernels.py: the CPU
-speed kernels, which change no result), so a Hub repo ships all three as remote code; they import only torch and
-transformers.
+Everything the forward pass needs is in this file and the two beside it (configuration.py, and modeling_kernels.py:
+the CPU speed kernels, which change no result), so a Hub repo ships all three as remote code; they import only torch
+and transformers. (The kernels' file is not called kernels.py: run from a saved folder, that would shadow the
+`kernels` package that transformers imports.)
 """
 
 import math
@@ -27,7 +28,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration import VanillaTransformerConfig
-from .kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
+from .modeling_kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
 
 # transformers 5 renamed the cache argument and output field `past_key_values` to `cache`.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
@@ -399,7 +400,7 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
         # transformers' hook that resolves attn_implementation. The first model built on a config sees what the user
         # asked for (None: nothing), the encoder-decoder inside it the answer. A kernel asked for by name is used at
-        # every shape; only the default lets kernels.prefers_eager choose per shape on CPU.
+        # every shape; only the default lets modeling_kernels.prefers_eager choose per shape on CPU.
         if not is_init_check or not hasattr(self.config, "_attention_named"):
             self.config._attention_named = requested_attention is not None
         return super().get_correct_attn_implementation(requested_attention, is_init_check)
