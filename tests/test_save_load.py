@@ -93,9 +93,12 @@ def test_the_remote_code_files_shadow_no_installed_module(tmp_path):
     (kernels.py did, once transformers 5.25 imported the `kernels` package) breaks loading there."""
     import importlib.util
 
+    from vanilla_transformer import train_tokenizer
+
     tiny_model().save_pretrained(tmp_path)
+    train_tokenizer(texts=["ein Hund", "a dog"] * 4, vocab_size=300, show_progress=False).save_pretrained(tmp_path)
     shipped = sorted(path.stem for path in tmp_path.glob("*.py"))
-    assert "modeling" in shipped and "configuration" in shipped
+    assert {"modeling", "modeling_kernels", "configuration", "tokenization"} <= set(shipped)
     script = ("import importlib.util, json; "
               f"print(json.dumps({{n: bool(importlib.util.find_spec(n)) for n in {shipped!r}}}))")
     found = json.loads(subprocess.run([sys.executable, "-c", script], cwd=tmp_path.parent, capture_output=True,
