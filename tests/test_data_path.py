@@ -132,13 +132,16 @@ class ParentMustNotEncode:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
-def test_a_child_process_with_a_faster_malloc_encodes_the_train_set_for_the_parent(data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_proc", [None, 2])  # data.num_proc: the child's shards are the parent's cache hit too
+def test_a_child_process_with_a_faster_malloc_encodes_the_train_set_for_the_parent(data_dir, tmp_path, monkeypatch,
+                                                                                     num_proc):
     from vanilla_transformer.training import data, tokenize_child
 
     raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 300)
     monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, preloadable_library())
     monkeypatch.setattr(data, "Tokenizer", ParentMustNotEncode)
-    tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0)
+    tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), num_proc, min_pairs=0)
+    assert len(tokenized.cache_files) == (num_proc or 1)
     assert child.loaded and child.peak_rss_mb > 0 and child.parent_rss_mb > 0
     assert tokenized["input_ids"] == tokenizer(de)["input_ids"]
     assert tokenized["labels"] == tokenizer(en)["input_ids"]
