@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from transformers import AutoTokenizer
 
 from ..tokenization import train_tokenizer
 from .data import clean, load_parallel, tokenize
+from .memory import peak_rss_mb
 from .recipe import Recipe
 from .tokenize_child import tokenize_train
 
@@ -194,16 +194,6 @@ def found_in(dataset: datasets.Dataset, existing: set[Path]) -> bool:
     process or another (an in-memory dataset was computed)."""
     files = [Path(f["filename"]).resolve() for f in dataset.cache_files]
     return bool(files) and all(file in existing for file in files)
-
-
-def peak_rss_mb() -> int | None:
-    """This process's peak resident memory so far (None where the platform does not say, e.g. Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes; bytes on macOS
-    return round(peak / (2**20 if sys.platform == "darwin" else 2**10))
 
 
 def arrow_megabytes(dataset: datasets.Dataset) -> float:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import datasets
 
-from .data import encode_pairs, tokenized_fingerprint, tokenize
+from .data import encode_pairs, tokenized_fingerprint
+from .memory import current_rss_mb, peak_rss_mb, return_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ChildRun:
 
 def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
                    min_pairs: int = MIN_PAIRS) -> tuple[datasets.Dataset, ChildRun | None]:
-    """tokenize(), the encoding done in a child process with a faster malloc when it is worth it.
+    """data.tokenize(), the encoding done in a child process with a faster malloc when it is worth it.
 
     Returns the tokenised pairs and, when a child encoded them, how it ran.
     """
@@ -76,7 +77,8 @@ def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str],
     worth_it = (library is not None and len(dataset) >= min_pairs and readable
                 and not already_tokenized(dataset, fingerprint))
     child = run_child(dataset, backend, langs, num_proc, fingerprint, library) if worth_it else None
-    return tokenize(dataset, tokenizer, langs, num_proc), child  # the child's output, read as a cache hit
+    # The same key as tokenize(dataset, tokenizer, ...): the child's output is read as a cache hit.
+    return encode_pairs(dataset, backend, langs, num_proc, None, fingerprint), child
 
 
 def already_tokenized(dataset: datasets.Dataset, fingerprint: str) -> bool:
@@ -107,19 +109,6 @@ def run_child(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], n
     return ChildRun(library, child["malloc_loaded"], child["peak_rss_mb"], parent_rss_mb, parent_file_mb)
 
 
-def return_freed_memory() -> None:
-    """glibc's malloc_trim: give the freed parts of the heap back to the system (glibc keeps them otherwise)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # not in every C library (musl)
-    if trim is not None:
-        trim(0)
-
-
-def current_rss_mb() -> tuple[int, int]:
-    """This process's resident memory now, and the part of it that is pages of mapped files (Linux), in MB."""
-    status = Path("/proc/self/status").read_text()
-    return tuple(round(int(status.split(f"{key}:")[1].split()[0]) / 1024) for key in ("VmRSS", "RssFile"))
-
-
 def main(spec_path: str, report_path: str) -> None:
     """The child: read the pairs from their Arrow files and encode them into the cache under the parent's key."""
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
@@ -128,14 +117,12 @@ def main(spec_path: str, report_path: str) -> None:
     if len(dataset) != spec["rows"]:
         sys.exit(f"{spec['files']}: {len(dataset)} rows, but the parent has {spec['rows']}")
     encode_pairs(dataset, spec["backend"], tuple(spec["langs"]), spec["num_proc"], None, spec["fingerprint"])
-    import resource  # Unix only, as is this child
-
     preloaded = os.environ.get("LD_PRELOAD", "").split()[0]
     mapped = {Path(line.split()[-1]) for line in Path("/proc/self/maps").read_text().splitlines() if "/" in line}
     loaded = any(path.name == preloaded or path == Path(preloaded).resolve() for path in mapped)
     Path(report_path).write_text(json.dumps({
         "malloc_loaded": loaded,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mb": peak_rss_mb(),
     }), encoding="utf-8")
 
 
