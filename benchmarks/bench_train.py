@@ -22,12 +22,12 @@ from common import (
     median_seconds,
     multi30k_token_batches,
     our_model,
-    peak_rss_mb,
     train_steps,
 )
 from transformers import DataCollatorForSeq2Seq
 
 from vanilla_transformer.convert.marian import convert_marian
+from vanilla_transformer.training.memory import peak_rss_mb
 
 
 def training_flops_per_step(config, batch: int, src_len: int, tgt_len: int) -> float:

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -98,17 +97,6 @@ def train_steps(model, batches, autocast: bool = False, lr: float = 1e-4) -> tup
             seconds += time.perf_counter() - start
             tokens += int((inputs["labels"] != -100).sum())
     return tokens / seconds, loss.item()
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's VmHWM, which starts afresh at exec; ru_maxrss elsewhere (on
-    Linux it carries the parent's peak into a child process)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine() -> dict:

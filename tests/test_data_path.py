@@ -177,3 +177,19 @@ def test_the_malloc_variable_is_checked(monkeypatch, tmp_path):
     if sys.platform.startswith("linux"):
         with pytest.raises(ValueError, match=f"{MALLOC_VARIABLE}=.*missing.so: no such file"):
             malloc_library()
+
+
+def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
+    # Linux's ru_maxrss starts a child started through subprocess at its parent's peak: the tokenising child's report
+    # would repeat the train process's (the tokenizer's training) instead of its own.
+    script = (
+        "import subprocess, sys\n"
+        "from vanilla_transformer.training.memory import peak_rss_mb\n"
+        "block = b'x' * 2**30\n"
+        "del block\n"
+        "code = 'from vanilla_transformer.training.memory import peak_rss_mb; print(peak_rss_mb())'\n"
+        "child = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)\n"
+        "print(peak_rss_mb(), child.stdout)\n"
+    )
+    parent, child = map(int, subprocess.check_output([sys.executable, "-c", script], text=True).split())
+    assert parent >= 1024 and child <= parent - 700, (parent, child)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 
 def peak_rss_mb() -> int | None:
-    """This process's peak resident memory so far (None where the platform does not say, e.g. Windows)."""
+    """This process's peak resident memory so far (None where the platform does not say, e.g. Windows).
+
+    Linux's VmHWM, which starts afresh when a process execs; its ru_maxrss does not: a child process started by
+    subprocess reports at least its parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        return round(int(status.read_text().split("VmHWM:")[1].split()[0]) / 1024)
     try:
         import resource
     except ImportError:
