@@ -3,6 +3,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -193,3 +194,43 @@ def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     )
     parent, child = map(int, subprocess.check_output([sys.executable, "-c", script], text=True).split())
     assert parent >= 1024 and child <= parent - 700, (parent, child)
+
+
+SLOW_MAIN_PROCESS = """
+import os, sys, time
+from vanilla_transformer import cli
+from vanilla_transformer.training import prepare
+
+load_parallel = prepare.load_parallel
+
+def slow_on_the_main_process(*args, **kwargs):  # a first run's data path that takes a while
+    if os.environ["RANK"] == "0":
+        time.sleep(12)
+    return load_parallel(*args, **kwargs)
+
+prepare.load_parallel = slow_on_the_main_process
+cli.main()
+"""
+
+
+def test_the_processes_waiting_for_the_data_path_wait_as_long_as_the_recipe_says(small_corpus, tmp_path):
+    # The barrier the other processes wait at uses the recipe's training.ddp_timeout: the process group is made before
+    # the Trainer's, so its ddp_timeout alone came too late (and torch's default is 10 minutes under NCCL).
+    from test_training import train_args
+
+    script = tmp_path / "slow_main_process.py"
+    script.write_text(SLOW_MAIN_PROCESS)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "c")}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prepare = ["prepare", *train_args(small_corpus, tmp_path / "run", "training.ddp_timeout=3")[1:]]
+    prepare.remove("--output-dir")
+    prepare.remove(str(tmp_path / "run"))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *prepare]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "process 1 waited more than training.ddp_timeout=3 s for the main process" in result.stderr, \
+        result.stderr[-3000:]

@@ -59,6 +59,7 @@ def test_greedy_validation_saves_checkpoints(greedy_run):
     ("training.micro_batch_tokens=5000", r"training.micro_batch_tokens=5000: must be positive and at most"),
     ("training.micro_batch_tokens=32", r"data.max_length=64: must be positive and at most the tokens of a batch"),
     ("tokenizer.sample=0", r"tokenizer.sample=0: must be positive"),
+    ("training.ddp_timeout=0", r"training.ddp_timeout=0: must be a positive number of seconds"),
 ])
 def test_recipe_values_are_checked_when_loaded(override, message):
     # Defect 3: these were accepted, and failed (or silently trained fp32) later.

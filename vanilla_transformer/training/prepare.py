@@ -14,6 +14,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import datasets
@@ -97,8 +98,8 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         phases.append(record)
         logger.info("data path: %s took %.1f s", name, record.seconds)
 
-    state = process_state()
-    with state.main_process_first():
+    state = process_state(recipe.training.ddp_timeout)
+    with main_process_first(state, recipe.training.ddp_timeout):
         with phase("read text") as (p, existing):
             splits = [s for s in (d.train, d.validation, d.test) if s]
             raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
@@ -127,13 +128,33 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
     return PreparedData(raw, tokenizer, train_set, validation_set, cleaning, phases)
 
 
-def process_state() -> PartialState:
+def process_state(timeout_seconds: int | None = None) -> PartialState:
     """This process's place in an `accelerate launch` (rank, main or not).
 
     On a machine without CUDA the processes are CPU workers: PartialState() alone would take each for a lone main
     process, and every one would prepare the data, and write the run folder, at the same time.
+    timeout_seconds: how long a process waits for the others in a collective (a barrier included); the first call
+    sets it for the whole run, the Trainer's own setting comes too late.
     """
-    return PartialState(cpu=not torch.cuda.is_available())
+    kwargs = {"timeout": timedelta(seconds=timeout_seconds)} if timeout_seconds else {}
+    return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
+
+
+@contextmanager
+def main_process_first(state: PartialState, timeout_seconds: int):
+    """The main process runs the block first, the others wait for it at a barrier and then run it, reading what it
+    cached; a wait longer than the timeout is an error that says what to do."""
+    if not state.is_main_process:
+        try:
+            state.wait_for_everyone()
+        except RuntimeError as error:  # what gloo and NCCL raise when a collective times out
+            raise RuntimeError(
+                f"process {state.process_index} waited more than training.ddp_timeout={timeout_seconds} s for the "
+                "main process to prepare the data: raise it, or run `vanilla-transformer prepare` on the recipe first "
+                "(the launch then finds everything cached)") from error
+    yield
+    if state.is_main_process:
+        state.wait_for_everyone()
 
 
 def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):

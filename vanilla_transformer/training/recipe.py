@@ -71,6 +71,9 @@ class TrainingRecipe:
     save_steps: int = 1000
     save_total_limit: int = 5
     log_batches: bool = False  # write each process's batch indices to batches-rank*.jsonl (for auditing)
+    # Seconds a process of a multi-process launch waits for the others, the data path's first run included (the others
+    # wait while the main process prepares it); transformers' ddp_timeout. torch's own default is 10 min under NCCL.
+    ddp_timeout: int = 1800
 
     @property
     def micro_batches(self) -> int:
@@ -142,6 +145,7 @@ class Recipe:
             ("training.eval_steps", t.eval_steps > 0, "positive"),
             ("training.save_steps", t.save_steps > 0, "positive"),
             ("training.save_total_limit", t.save_total_limit >= 1, "at least 1"),
+            ("training.ddp_timeout", t.ddp_timeout > 0, "a positive number of seconds"),
             ("average_last", 0 <= self.average_last <= t.save_total_limit,
              f"between 0 and training.save_total_limit ({t.save_total_limit}), the checkpoints kept"),
             ("generation.num_beams", g.num_beams >= 1, "at least 1"),

@@ -67,6 +67,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         remove_unused_columns=not t.log_batches,
         report_to=[],
         disable_tqdm=False,
+        ddp_timeout=t.ddp_timeout,
     )
 
 
@@ -106,7 +107,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
 
-    state = process_state()
+    state = process_state(recipe.training.ddp_timeout)
     data = prepare_data(recipe, data_source, run_dir / "tokenizer" if resume else None,
                         config.max_position_embeddings, on_loaded=clear_earlier_run)
     data.save_phases(run_dir / f"data-rank{state.process_index}.json")
