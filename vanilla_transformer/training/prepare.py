@@ -3,8 +3,9 @@
 Every phase is timed, and the costly ones are cached across runs, keyed by their inputs: the text as Arrow (the
 datasets cache, keyed by the files' size and time), the tokenizer (keyed by the training text's fingerprint and the
 tokenizer settings), the token ids (the datasets cache, keyed by the text and the tokenizer). A rerun, a resume, and
-the other processes of a multi-process launch (which wait for the main process) reuse them. A large train set is
-encoded in a child process with a faster malloc (tokenize_child.py).
+the other processes of a multi-process launch (which wait for the main process, and on another machine for that
+machine's main process) reuse them. A large train set is encoded in a child process with a faster malloc
+(tokenize_child.py).
 """
 
 import hashlib
@@ -142,19 +143,25 @@ def process_state(timeout_seconds: int | None = None) -> PartialState:
 
 @contextmanager
 def main_process_first(state: PartialState, timeout_seconds: int):
-    """The main process runs the block first, the others wait for it at a barrier and then run it, reading what it
-    cached; a wait longer than the timeout is an error that says what to do."""
-    if not state.is_main_process:
+    """The block runs in the main process first, then in the main process of each other machine, then in all the
+    others, each turn reading what the earlier ones cached: once in all if the machines share the datasets cache,
+    once per machine if each has its own disk, and never twice at once on one machine.
+
+    The others wait at a barrier; a wait longer than the timeout is an error that says what to do.
+    """
+    turn = 0 if state.is_main_process else 1 if state.is_local_main_process else 2
+    for current in range(3):
+        if current == turn:
+            yield
         try:
             state.wait_for_everyone()
         except RuntimeError as error:  # what gloo and NCCL raise when a collective times out
-            raise RuntimeError(
-                f"process {state.process_index} waited more than training.ddp_timeout={timeout_seconds} s for the "
-                "main process to prepare the data: raise it, or run `vanilla-transformer prepare` on the recipe first "
-                "(the launch then finds everything cached)") from error
-    yield
-    if state.is_main_process:
-        state.wait_for_everyone()
+            if current < turn:
+                raise RuntimeError(
+                    f"process {state.process_index} waited more than training.ddp_timeout={timeout_seconds} s for "
+                    "the data to be prepared: raise it, or run `vanilla-transformer prepare` on the recipe first (on "
+                    "every machine that has a cache of its own); the launch then finds everything cached") from error
+            raise
 
 
 def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):

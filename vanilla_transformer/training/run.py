@@ -110,6 +110,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
     state = process_state(recipe.training.ddp_timeout)
     data = prepare_data(recipe, data_source, run_dir / "tokenizer" if resume else None,
                         config.max_position_embeddings, on_loaded=clear_earlier_run)
+    run_dir.mkdir(parents=True, exist_ok=True)  # on a machine that does not share the main one's disk too
     data.save_phases(run_dir / f"data-rank{state.process_index}.json")
     logger.info("data path:\n%s", data.table())
     tokenizer, train_set = data.tokenizer, data.train_set
