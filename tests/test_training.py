@@ -254,6 +254,9 @@ def test_loss_is_normalised_by_the_tokens_of_the_whole_update():
         ({"notes.txt": "a\n"}, r"no SPLIT.de/SPLIT.en"),
         ({"train.jsonl": '{"translation": {"de": "a", "en": "b"}}\n{"translation": {"de": "c"}}\n'},
          r"train.jsonl:2: no 'en' in the translation"),
+        ({"train.jsonl": '{"translation": {"de": "a", "en": "b"}}\n' * 2 + '{"translation": null}\n'},
+         r"train.jsonl:3: no 'de' in the translation"),
+        ({"train.jsonl": '{"translation": {"de": 1, "en": "b"}}\n'}, r"train.jsonl:1: the 'de' .* is int64, not text"),
     ],
 )
 def test_data_errors_name_the_file_and_line(tmp_path, files, message):
@@ -289,6 +292,21 @@ def test_local_parquet_in_the_hub_schema_loads_like_a_hub_dataset(tmp_path):
         load_parallel(str(tmp_path / "hub"), ("de", "en"), splits=["test"])
     with pytest.raises(CorpusError, match=r"hub\[train\]:1: no 'fr' in the translation"):
         load_parallel(str(tmp_path / "hub"), ("de", "fr"), splits=["train"])
+
+
+def test_json_lines_whose_rows_differ_in_their_keys_load_and_tokenise_as_pairs(tmp_path):
+    # datasets stores such a column as JSON text, which the tokenising (Arrow struct fields) could not read.
+    from vanilla_transformer import train_tokenizer
+    from vanilla_transformer.training.data import tokenize
+
+    rows = [{"de": "Ein Hund.", "en": "A dog."}, {"de": "Zwei Katzen.", "en": "Two cats.", "fr": "Deux chats."}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"translation": row}) + "\n" for row in rows))
+    loaded = load_parallel(tmp_path, ("de", "en"))["train"]
+    assert loaded["translation"] == [{"de": row["de"], "en": row["en"]} for row in rows]
+    tokenizer = train_tokenizer(texts=[text for row in rows for text in row.values()], vocab_size=300,
+                                show_progress=False)
+    tokenized = tokenize(loaded, tokenizer, ("de", "en"))
+    assert tokenized["labels"] == tokenizer([row["en"] for row in rows])["input_ids"]
 
 
 def test_empty_pairs_are_dropped_when_asked(tmp_path):
