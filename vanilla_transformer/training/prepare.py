@@ -27,7 +27,7 @@ from transformers import AutoTokenizer
 
 from ..tokenization import train_tokenizer
 from .data import clean, load_parallel, tokenize
-from .memory import peak_rss_mb
+from .memory import peak_rss_mb, return_freed_memory
 from .recipe import Recipe
 from .tokenize_child import tokenize_train
 
@@ -106,6 +106,7 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
             raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
             p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
             p.cached = found_in(raw[d.train], existing)
+            return_freed_memory()  # what reading the files left in the heap and Arrow's pool
         if state.is_main_process and on_loaded is not None:
             on_loaded()
         with phase("tokenizer") as (p, _):
