@@ -1,6 +1,8 @@
 """Shared fixtures: the data folder, tiny models and batches, and a tiny Multi30k training recipe."""
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,28 @@ def tiny_recipe(corpus: Path, out: Path, *extra: str):
         "data.validation_size=null", *extra,
     ]
     return load_recipe(REPO / "configs/multi30k-de-en-small.yaml", overrides)
+
+
+def free_port() -> int:
+    """A free port for a launch's rendezvous, rather than the fixed default 29500."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch(*program: str, processes: int = 2, machines: int = 1, machine_rank: int = 0,
+                      port: int | None = None) -> list[str]:
+    """The command of `accelerate launch` for `program` (a script and its arguments, or -m, a module and its).
+
+    --multi_gpu is accelerate's torchrun-based launcher; with no GPU the processes use the CPU and gloo. The machines
+    of one launch (machine_rank 0, 1, ... on this one) meet on the same port.
+    """
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", str(machines), "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1",
+            "--main_process_port", str(port or free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+            *program]
+
+
+def launch_env(**extra: str) -> dict:
+    """The environment for a launch's CPU processes: no GPU, one thread each (they share this machine's cores)."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}

@@ -5,7 +5,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import REPO, tiny_model_folder, tiny_recipe, write_pairs
+from conftest import REPO, accelerate_launch, launch_env, tiny_model_folder, tiny_recipe, write_pairs
 from safetensors.torch import load_file
 from test_training import complete_json, train_args
 from transformers import GenerationConfig
@@ -141,15 +140,9 @@ def test_resume_falls_back_to_the_last_complete_checkpoint(greedy_run, small_cor
 
 
 def launch_two_processes(corpus: Path, out: Path, *extra: str, resume: bool = False) -> subprocess.Popen:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vanilla_transformer.cli",
-               *train_args(corpus, out, *extra), *(["--resume"] if resume else [])]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = accelerate_launch("-m", "vanilla_transformer.cli", *train_args(corpus, out, *extra),
+                                *(["--resume"] if resume else []))
+    return subprocess.Popen(command, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def kill_all(marker: str) -> None:

@@ -4,7 +4,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_overrides, tiny_recipe, write_pairs
+from conftest import REPO, accelerate_launch, launch_env, tiny_overrides, tiny_recipe, write_pairs
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -153,17 +152,10 @@ def test_time_budget_run_stops_with_a_checkpoint_and_an_evaluation(small_corpus,
 
 
 def test_two_processes_see_disjoint_batches(small_corpus, tmp_path):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    # --multi_gpu is accelerate's torchrun-based launcher; with no GPU the processes use the CPU and gloo.
-    with socket.socket() as probe:  # a free port for the rendezvous, rather than the fixed default 29500
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
-               "vanilla_transformer.cli", *train_args(small_corpus, tmp_path / "ddp", "training.max_steps=12",
-                                                       "training.save_steps=12")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    command = accelerate_launch("-m", "vanilla_transformer.cli",
+                                *train_args(small_corpus, tmp_path / "ddp", "training.max_steps=12",
+                                            "training.save_steps=12"))
+    result = subprocess.run(command, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [[json.loads(line) for line in (tmp_path / f"ddp/batches-rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)]
