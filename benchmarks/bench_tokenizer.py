@@ -18,7 +18,7 @@ from common import median_seconds
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from vanilla_transformer.corpus import read_lines
-from vanilla_transformer.tokenization import train_tokenizer
+from vanilla_transformer.training.tokenizer import train_tokenizer
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def matmul_peak_flops(dtype=torch.float32, n: int = 2048, repeats: int = 5) -> f
 
 def multi30k_token_batches(data_dir: str | Path, max_tokens: int = 4096, vocab_size: int = 8000):
     """Multi30k train tokenised with a joint BPE of vocab_size, and its fairseq-style token batches (one epoch)."""
-    from vanilla_transformer.tokenization import train_tokenizer
+    from vanilla_transformer.training.tokenizer import train_tokenizer
     from vanilla_transformer.training.batching import TokenBatchSampler
     from vanilla_transformer.training.data import load_parallel, token_lengths, tokenize
 

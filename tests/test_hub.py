@@ -122,6 +122,7 @@ def test_pushed_run_loads_without_the_package_and_translates_the_same(hub, run_d
                  "configuration.py", "modeling.py", "tokenization.py", "pipeline.py"):
         assert name in files, f"{name} was not pushed"
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files), "only safetensors weights"
+    assert "corpus.py" not in files, "training-only code was pushed"
     assert files["model.safetensors"].lfs_sha256, "weights go through LFS"
     config = json.loads(files["config.json"].content)
     assert config["custom_pipelines"]["translation"]["impl"] == "pipeline.TranslationPipeline"

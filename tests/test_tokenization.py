@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PreTrainedTokeni
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerTokenizer, train_tokenizer
 from vanilla_transformer.corpus import CorpusError, read_lines
-from vanilla_transformer.tokenization import subwords_per_word
+from vanilla_transformer.training.tokenizer import subwords_per_word
 
 # Lines no training set prepared the tokenizer for: every one must come back byte for byte.
 HARD_LINES = [
@@ -64,6 +64,8 @@ def test_save_and_load_give_identical_ids(tokenizer, data_dir, tmp_path):
 
 def test_saved_tokenizer_loads_as_remote_code_in_a_fresh_process(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
+    # Its code is tokenization.py alone: learning a vocabulary (and reading corpora) stays in the package.
+    assert sorted(path.name for path in tmp_path.glob("*.py")) == ["tokenization.py"]
     expected = tokenizer(HARD_LINES)["input_ids"]
     script = textwrap.dedent(f"""
         import sys

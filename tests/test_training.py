@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, accelerate_launch, launch_env, tiny_overrides, tiny_recipe, write_pairs
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from vanilla_transformer.corpus import CorpusError
+from vanilla_transformer.hub.card import render_card
 from vanilla_transformer.training.average import average_checkpoints
 from vanilla_transformer.training.batching import TokenBatchSampler
 from vanilla_transformer.training.data import load_parallel
@@ -50,12 +52,15 @@ def test_tiny_run_learns_and_writes_the_run_folder(small_corpus, tmp_path):
     assert len(hypotheses) == results.test.sentences == 40
     assert results.test.examples[0]["translation"] == hypotheses[0]
     assert results.test.examples[0]["source"] == (small_corpus / "test2016.de").read_text().splitlines()[0]
-    # The rendered model card: Hub metadata whose model-index holds this run's measured scores.
+    # The model card, rendered as the train command does after train(): Hub metadata whose model-index holds this
+    # run's measured scores, and the run's figures in the text.
+    render_card(tmp_path / "run")
     card = ModelCard.load(tmp_path / "run/model/README.md")
     assert card.data.pipeline_tag == "translation" and card.data.language == ["de", "en"]
     bleu = next(r for r in card.data.eval_results if r.metric_type == "bleu")
     assert bleu.metric_value == round(results.test.bleu, 2) and bleu.dataset_split == "test2016"
     assert f"| {round(results.test.bleu, 2)} |" in card.text
+    assert "label smoothing 0.1" in card.text and "`modeling.py`" in card.text and "`corpus.py`" not in card.text
 
 
 def train_command(corpus: Path, out: Path, *overrides: str) -> list[str]:
@@ -225,15 +230,58 @@ def test_averaging_two_checkpoints_is_the_elementwise_mean(tmp_path):
                                (first.model.shared.weight + second.model.shared.weight) / 2)
 
 
-def test_loss_is_normalised_by_the_tokens_of_the_whole_update():
+def test_loss_is_label_smoothed_and_normalised_by_the_tokens_of_the_whole_update():
     from conftest import random_batch, tiny_model
 
-    model = tiny_model(label_smoothing=0.1)
+    from vanilla_transformer.training.trainer import LabelSmoothedLoss
+
+    model = tiny_model()
     src, labels = random_batch(2, 5), random_batch(2, 4, seed=1)
     labels[1, 2:] = -100
-    mean = model(input_ids=src, labels=labels).loss
-    total = model(input_ids=src, labels=labels, num_items_in_batch=torch.tensor(12)).loss
-    torch.testing.assert_close(total, mean * 6 / 12)
+    outputs = model(input_ids=src, decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels))
+    loss = LabelSmoothedLoss(0.2)
+    mean = loss(outputs, labels)
+    expected = F.cross_entropy(outputs.logits.flatten(0, 1), labels.flatten(), label_smoothing=0.2)
+    torch.testing.assert_close(mean, expected)
+    torch.testing.assert_close(loss(outputs, labels, num_items_in_batch=torch.tensor(12)), mean * 6 / 12)
+
+
+def test_the_trainer_takes_the_recipes_label_smoothing_and_the_updates_tokens(small_corpus, tmp_path):
+    import datasets
+    from conftest import random_batch, tiny_model
+
+    from vanilla_transformer.training.run import training_arguments
+    from vanilla_transformer.training.trainer import TranslationTrainer
+
+    recipe = tiny_recipe(small_corpus, tmp_path / "run", "training.label_smoothing=0.3")
+    model = tiny_model()
+    src, labels = random_batch(4, 5), random_batch(4, 4, seed=1)
+    labels[1, 3:] = -100
+    pairs = datasets.Dataset.from_dict({"input_ids": src.tolist(), "labels": labels.tolist()})
+    trainer = TranslationTrainer(model=model, args=training_arguments(recipe, model.config.d_model),
+                                 train_dataset=pairs, eval_dataset=pairs, micro_batch_tokens=600, warmup_steps=20)
+    batches = [{"input_ids": src[rows], "attention_mask": torch.ones_like(src[rows]), "labels": labels[rows],
+                "decoder_input_ids": model.prepare_decoder_input_ids_from_labels(labels[rows])}
+               for rows in (slice(0, 2), slice(2, 4))]
+    # The two batches of one update: each one's loss is its share of the update's target tokens.
+    _, num_items_in_batch = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+    assert int(num_items_in_batch) == int((labels != -100).sum()) == 15
+    loss = trainer.compute_loss(model, dict(batches[0]), num_items_in_batch=num_items_in_batch)
+    logits = model(input_ids=src[:2], decoder_input_ids=batches[0]["decoder_input_ids"]).logits
+    summed = F.cross_entropy(logits.flatten(0, 1), labels[:2].flatten(), label_smoothing=0.3, reduction="sum")
+    torch.testing.assert_close(loss, summed / 15)
+
+
+def test_old_recipes_label_smoothing_moves_to_training(caplog):
+    recipe = load_recipe(REPO / "configs/multi30k-de-en-small.yaml", ["model.overrides={label_smoothing: 0.2}"])
+    assert recipe.training.label_smoothing == 0.2 and "label_smoothing" not in recipe.model.overrides
+    assert "model.overrides.label_smoothing=0.2 is a training setting now" in caplog.text
+    assert load_recipe(REPO / "configs/multi30k-de-en-small.yaml").training.label_smoothing == 0.1
+    with pytest.raises(ValueError, match="training.label_smoothing are both set"):
+        load_recipe(REPO / "configs/multi30k-de-en-small.yaml",
+                    ["model.overrides={label_smoothing: 0.2}", "training.label_smoothing=0.1"])
+    with pytest.raises(ValueError, match=r"training.label_smoothing=1.0: must be in \[0, 1\)"):
+        load_recipe(REPO / "configs/multi30k-de-en-small.yaml", ["training.label_smoothing=1.0"])
 
 
 @pytest.mark.parametrize(
@@ -374,7 +422,7 @@ def test_tokenised_data_is_cached_across_runs(small_corpus, tmp_path):
 
 
 def test_results_written_by_earlier_versions_still_load(tmp_path):
-    from vanilla_transformer.training.results import RunResults
+    from vanilla_transformer.results import RunResults
 
     old = {"recipe": "r", "direction": "de-en", "parameters": 10, "train_pairs": 5, "cleaning": {"kept": 5},
            "padding_fraction": 0.1, "steps": 3, "train_seconds": 1.0, "averaged_checkpoints": [],

@@ -8,7 +8,8 @@ from .modeling import (
     VanillaTransformerModel,
     VanillaTransformerPreTrainedModel,
 )
-from .tokenization import VanillaTransformerTokenizer, train_tokenizer
+from .tokenization import VanillaTransformerTokenizer
+from .training.tokenizer import train_tokenizer
 
 __version__ = "0.1.0"
 

@@ -1,15 +1,15 @@
 """Translating many sentences with generate(), and scoring a split with sacreBLEU through `evaluate`: one path for
 the evaluate command and for the test split at the end of training."""
 
-import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import evaluate
 import torch
 from tqdm.auto import tqdm
+
+from .results import SplitScore
 
 METRIC_DIR = Path(__file__).parent / "sacrebleu_metric"
 
@@ -68,21 +68,6 @@ def score(hypotheses: list[str], references: list[str]) -> dict:
     result = load_bleu().compute(predictions=hypotheses, references=references)
     return {"bleu": result["score"], "chrf": result["chrf"], "bleu_signature": result["signature"],
             "chrf_signature": result["chrf_signature"]}
-
-
-@dataclass
-class SplitScore:
-    """How a model translated one split: corpus sacreBLEU and chrF with their signatures, and a few examples."""
-
-    split: str
-    sentences: int
-    num_beams: int
-    length_penalty: float
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
-    examples: list[dict] = dataclasses.field(default_factory=list)  # source, reference, translation
 
 
 def evaluate_split(translate_lines: Callable[[list[str]], list[str]], pairs, split: str, langs: tuple[str, str],

@@ -1,21 +1,15 @@
-"""A joint subword vocabulary for source and target, trained with the `tokenizers` library (Section 5.1).
+"""The tokenizer of a model: one joint subword vocabulary for source and target (Section 5.1), in tokenizer.json.
 
-The subwords are learned over bytes (byte-level BPE), so encoding is lossless with no normalisation at all:
-decode(encode(s)) == s for any string, special-token strings such as "<s>" included, and a character never seen in
-training is spelled with byte tokens rather than lost to <unk>.
+The subwords are learned over bytes (byte-level BPE, training/tokenizer.py), so encoding is lossless with no
+normalisation at all: decode(encode(s)) == s for any string, special-token strings such as "<s>" included, and a
+character never seen in training is spelled with byte tokens rather than lost to <unk>. This file travels with a saved
+model; like modeling.py it imports nothing but transformers.
 """
 
-from collections.abc import Iterable
-from pathlib import Path
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
-
-from .corpus import read_lines
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3, as VanillaTransformerConfig expects
-BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()
 
 
 class VanillaTransformerTokenizer(PreTrainedTokenizerFast):
@@ -27,64 +21,4 @@ class VanillaTransformerTokenizer(PreTrainedTokenizerFast):
     # No __init__ here: with one, transformers 5 rebuilds the backend from the vocabulary alone and drops the merges.
 
 
-def train_tokenizer(
-    sources: Iterable[str | Path] | None = None,
-    texts: Iterable[str] | None = None,
-    vocab_size: int = 37000,
-    model: str = "bpe",
-    min_frequency: int = 2,
-    show_progress: bool = True,
-) -> VanillaTransformerTokenizer:
-    """Learn one subword vocabulary over all the given files and/or texts (both languages together).
-
-    model is "bpe" (the paper's byte-pair encoding) or "unigram". Files are read as UTF-8, one sentence per line;
-    a file that is empty or not UTF-8 raises an error naming the file and line.
-    """
-    corpus = [line for source in sources or () for line in read_lines(source)]
-    corpus += list(texts or ())
-    if not corpus:
-        raise ValueError("no training text: pass files in sources or strings in texts")
-    smallest = len(BYTE_ALPHABET) + len(SPECIAL_TOKENS)
-    if vocab_size < smallest:
-        raise ValueError(
-            f"vocab_size={vocab_size} is smaller than the byte alphabet plus special tokens ({smallest})"
-        )
-
-    if model == "bpe":
-        backend = Tokenizer(models.BPE(unk_token=UNK))
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=BYTE_ALPHABET, show_progress=show_progress,
-        )
-    elif model == "unigram":
-        backend = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token=UNK, initial_alphabet=BYTE_ALPHABET,
-            show_progress=show_progress,
-        )
-    else:
-        raise ValueError(f"model must be 'bpe' or 'unigram', got {model!r}")
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(corpus, trainer, length=len(corpus))
-    eos_id = backend.token_to_id(EOS)
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
-    )
-    return VanillaTransformerTokenizer(
-        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-        # Byte-level decoding already restores every space; the default clean-up would remove real ones.
-        clean_up_tokenization_spaces=False,
-        # "<s>" in a sentence (an HTML tag in web-crawled text) is text, not the control token: special tokens are
-        # added by id only, so decode(encode(text)) == text for every text.
-        split_special_tokens=True,
-    )
-
-
-def subwords_per_word(tokenizer: PreTrainedTokenizerFast, lines: list[str]) -> float:
-    """Fertility: subword tokens (without specials) per whitespace-separated word."""
-    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"]
-    return sum(map(len, encoded)) / max(1, sum(len(line.split()) for line in lines))
-
-
-__all__ = ["VanillaTransformerTokenizer", "train_tokenizer", "subwords_per_word", "SPECIAL_TOKENS"]
+__all__ = ["VanillaTransformerTokenizer", "SPECIAL_TOKENS"]

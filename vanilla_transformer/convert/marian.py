@@ -13,8 +13,7 @@ import torch
 from transformers import GenerationConfig, MarianConfig, MarianMTModel
 
 from ..configuration import ACTIVATIONS, VanillaTransformerConfig
-from ..hub.export import make_portable
-from ..hub.source import load_tokenizer, model_source
+from ..model_folder import load_tokenizer, make_portable, model_source
 from ..modeling import VanillaTransformerForConditionalGeneration
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import ctranslate2
 from ctranslate2.converters import Converter
 from ctranslate2.specs import common_spec, transformer_spec
-from transformers import AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from ..evaluation import encode_to_fit
-from ..hub.source import load_tokenizer, model_source
+from ..model_folder import load_tokenizer, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +29,6 @@ class VanillaTransformerConverter(Converter):
     """A saved model folder of ours (trained, or converted from Marian) as a CTranslate2 TransformerSpec."""
 
     def __init__(self, model_dir: str | Path):
-        from transformers import AutoModelForSeq2SeqLM
-
-        from .. import VanillaTransformerConfig  # noqa: F401  (registers the Auto classes)
-
         source = model_source(model_dir)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(source).float().eval()
         if self.model.config.model_type != "vanilla_transformer":

@@ -1,1 +1,1 @@
-"""Taking a trained model to the Hub: the model card, a portable model folder, and push."""
+"""Taking a trained run to the Hub: its model card, and push."""

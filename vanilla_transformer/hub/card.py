@@ -1,11 +1,12 @@
-"""The model card of a run, rendered from hub_card.md with the run's own figures (results.json, config, recipe)."""
+"""The model card of a run, rendered from hub_card.md with the run's own figures: its results, recipe and config."""
 
-import json
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..training.results import RunResults
+from ..configuration import VanillaTransformerConfig
+from ..results import RunResults
+from ..training.recipe import load_recipe
 
 TEMPLATE = Path(__file__).with_name("hub_card.md")  # a link to the repo root's hub_card.md
 LANGUAGE_NAMES = {"de": "German", "en": "English", "fr": "French", "cs": "Czech", "ru": "Russian"}
@@ -17,11 +18,12 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
     run_dir = Path(run_dir)
     if not TEMPLATE.is_file():
         raise FileNotFoundError(f"model card template not found at {TEMPLATE}")
+    model_dir = run_dir / "model"
     results = RunResults.load(run_dir / "results.json")
-    recipe = json.loads((run_dir / "recipe.json").read_text(encoding="utf-8"))
-    config = json.loads((run_dir / "model" / "config.json").read_text(encoding="utf-8"))
+    recipe = load_recipe(run_dir / "recipe.json")
+    config = VanillaTransformerConfig.from_pretrained(model_dir)
     src, tgt = results.src, results.tgt  # language codes may hold hyphens (pt-BR)
-    dataset = recipe["data"]["source"]
+    dataset = recipe.data.source
     test = results.test
     eval_results = []
     if test:
@@ -38,24 +40,26 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
         tags=["translation", "transformer", "vanilla-transformer", "attention-is-all-you-need"],
         datasets=[dataset], metrics=["bleu", "chrf"], model_name=model_name, eval_results=eval_results or None,
     )
-    training, generation = recipe["training"], recipe["generation"]
+    training, generation = recipe.training, recipe.generation
+    # What save_pretrained and make_portable copied beside the weights: the model's code, then the pipeline.
+    model_code = ", ".join(f"`{path.name}`" for path in sorted(model_dir.glob("*.py")) if path.name != "pipeline.py")
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=model_name, repo_id=repo_id,
-        src_name=LANGUAGE_NAMES.get(src, src), tgt_name=LANGUAGE_NAMES.get(tgt, tgt), preset=recipe["model"]["preset"],
-        d_model=config["d_model"], encoder_layers=config["encoder_layers"], decoder_layers=config["decoder_layers"],
-        heads=config["num_attention_heads"], d_ff=config["d_ff"], position_embedding=config["position_embedding"],
-        norm_first=config["norm_first"], parameters=f"{results.parameters:,}", vocab_size=config["vocab_size"],
-        example=EXAMPLES.get(src, "..."), num_beams=generation["num_beams"],
-        length_penalty=generation["length_penalty"], max_length_offset=generation["max_length_offset"],
+        src_name=LANGUAGE_NAMES.get(src, src), tgt_name=LANGUAGE_NAMES.get(tgt, tgt), preset=recipe.model.preset,
+        d_model=config.d_model, encoder_layers=config.encoder_layers, decoder_layers=config.decoder_layers,
+        heads=config.num_attention_heads, d_ff=config.d_ff, position_embedding=config.position_embedding,
+        norm_first=config.norm_first, parameters=f"{results.parameters:,}", vocab_size=config.vocab_size,
+        example=EXAMPLES.get(src, "..."), model_code=model_code, num_beams=generation.num_beams,
+        length_penalty=generation.length_penalty, max_length_offset=generation.max_length_offset,
         dataset=dataset, train_pairs=f"{results.train_pairs:,}", cleaning=results.cleaning,
-        validation=recipe["data"]["validation"], recipe_name=recipe["name"], steps=results.steps,
-        max_tokens=training["max_tokens"], adam_beta2=training["adam_beta2"], adam_epsilon=training["adam_epsilon"],
-        lr_scale=training["lr_scale"], warmup_steps=training["warmup_steps"], dropout=config["dropout"],
-        label_smoothing=config["label_smoothing"], averaged=", ".join(results.averaged_checkpoints),
+        validation=recipe.data.validation, recipe_name=recipe.name, steps=results.steps,
+        max_tokens=training.max_tokens, adam_beta2=training.adam_beta2, adam_epsilon=training.adam_epsilon,
+        lr_scale=training.lr_scale, warmup_steps=training.warmup_steps, dropout=config.dropout,
+        label_smoothing=training.label_smoothing, averaged=", ".join(results.averaged_checkpoints),
         train_minutes=round(results.train_seconds / 60, 1), machine=results.machine,
         test_split=test.split if test else "(none)", direction=f"{src}→{tgt}",
         bleu=round(test.bleu, 2) if test else "-", chrf=round(test.chrf, 2) if test else "-",
         signature=test.bleu_signature if test else "-",
     )
-    card.save(run_dir / "model" / "README.md")
+    card.save(model_dir / "README.md")
     return card

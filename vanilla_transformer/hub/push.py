@@ -4,7 +4,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, HfApi
 
-from ..training.results import RunResults
+from ..results import RunResults
 from .card import render_card
 
 # What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.

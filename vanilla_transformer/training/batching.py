@@ -2,9 +2,12 @@
 
 from collections.abc import Iterator, Sequence
 
+import datasets
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from .data import token_lengths
 
 
 class TokenBatchSampler(Sampler[list[int]]):
@@ -68,6 +71,13 @@ class TokenBatchSampler(Sampler[list[int]]):
     def padding_fraction(self) -> float:
         """Share of the padded source + target positions that hold padding, over one epoch."""
         return padding_fraction(self.batches, self.src_lengths, self.tgt_lengths)
+
+
+def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> TokenBatchSampler:
+    """The training batches of a tokenised dataset (input_ids and labels), each of at most max_tokens padded tokens:
+    what the trainer iterates, and what the prepare command counts."""
+    return TokenBatchSampler(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"),
+                             max_tokens=max_tokens, seed=seed)
 
 
 def padding_fraction(batches: list[list[int]], src_lengths: Sequence[int], tgt_lengths: Sequence[int]) -> float:

@@ -25,11 +25,11 @@ import torch
 from accelerate import PartialState
 from transformers import AutoTokenizer
 
-from ..tokenization import train_tokenizer
 from .data import clean, load_parallel, tokenize
 from .memory import peak_rss_mb, return_freed_memory
 from .recipe import Recipe
 from .tokenize_child import tokenize_train
+from .tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +76,12 @@ class PreparedData:
         path.write_text(json.dumps([asdict(p) for p in self.phases], indent=2) + "\n", encoding="utf-8")
 
 
-def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = None, max_length: int | None = None,
-                 on_loaded=None) -> PreparedData:
+def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = None,
+                 max_length: int | None = None) -> PreparedData:
     """Read, tokenise and clean the recipe's data; the main process first, the others then reuse its caches.
 
     tokenizer_dir: a tokenizer saved there earlier is used (the run folder's, on resume).
     max_length: validation sentences are truncated to it (the model's positions).
-    on_loaded: called in the main process once the text has loaded, before anything is written (e.g. to clear an
-    earlier run's folder only when the new data is known to be readable).
     """
     d = recipe.data
     langs = (d.src, d.tgt)
@@ -107,8 +105,6 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
             p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
             p.cached = found_in(raw[d.train], existing)
             return_freed_memory()  # what reading the files left in the heap and Arrow's pool
-        if state.is_main_process and on_loaded is not None:
-            on_loaded()
         with phase("tokenizer") as (p, _):
             tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
         with phase("tokenize train") as (p, existing):

@@ -1,6 +1,8 @@
 """Training recipes: YAML files in configs/, overridable from the command line with --set section.key=value."""
 
 import dataclasses
+import json
+import logging
 import math
 import os
 import re
@@ -10,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ..configuration import VanillaTransformerConfig
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZER_MODELS = ("bpe", "unigram")
@@ -50,6 +56,10 @@ class ModelRecipe:
     preset: str = "small"
     overrides: dict = field(default_factory=dict)  # any VanillaTransformerConfig field
 
+    def config(self) -> VanillaTransformerConfig:
+        """The model's config: the preset with the overrides (the vocabulary is the tokenizer's, once there is one)."""
+        return VanillaTransformerConfig.from_preset(self.preset, **self.overrides)
+
 
 @dataclass
 class TrainingRecipe:
@@ -61,6 +71,7 @@ class TrainingRecipe:
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-9
     max_grad_norm: float = 0.0  # 0 disables clipping (the paper does not clip)
+    label_smoothing: float = 0.1  # epsilon_ls of the training loss (Section 5.4); 0 for plain cross-entropy
     epochs: float = 10
     max_steps: int = -1
     max_minutes: float | None = None  # end training after this many minutes (resumes included), checkpoint saved
@@ -127,6 +138,11 @@ class Recipe:
     def check(self) -> None:
         """Raise a RecipeError naming the first key whose value cannot work, before a run starts."""
         t, g, d = self.training, self.generation, self.data
+        try:
+            positions = self.model.config().max_position_embeddings
+        except (TypeError, ValueError) as error:  # an unknown preset, or overrides the config refuses
+            raise RecipeError(f"model.preset={self.model.preset!r} with model.overrides={self.model.overrides}: "
+                              f"{error}") from None
         rules = [
             ("training.precision", t.precision in PRECISIONS, f"one of {PRECISIONS}"),
             ("tokenizer.model", self.tokenizer.model in TOKENIZER_MODELS, f"one of {TOKENIZER_MODELS}"),
@@ -138,6 +154,7 @@ class Recipe:
             ("tokenizer.sample", self.tokenizer.sample is None or self.tokenizer.sample > 0, "positive, or null"),
             ("training.warmup_steps", t.warmup_steps >= 1, "at least 1"),
             ("training.lr_scale", t.lr_scale > 0, "positive"),
+            ("training.label_smoothing", 0 <= t.label_smoothing < 1, "in [0, 1)"),
             ("training.epochs", t.epochs > 0, "positive"),
             ("training.max_steps", t.max_steps == -1 or t.max_steps > 0, "positive, or -1 for epochs"),
             ("training.max_minutes", t.max_minutes is None or t.max_minutes > 0, "positive, or null"),
@@ -153,6 +170,8 @@ class Recipe:
             ("generation.max_length_offset", g.max_length_offset >= 0, "0 or more"),
             ("data.max_length", d.max_length is None or 0 < d.max_length <= t.batch_tokens,
              f"positive and at most the tokens of a batch ({t.batch_tokens}), or null"),
+            ("data.max_length", d.max_length is None or d.max_length <= positions,
+             f"at most the model's max_position_embeddings ({positions}), the longest pair it can take, or null"),
             ("data.max_ratio", d.max_ratio is None or d.max_ratio >= 1, "at least 1, or null"),
         ]
         for key, holds, expected in rules:
@@ -170,9 +189,12 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """A recipe from YAML, with `section.key=value` overrides (values parsed as YAML)."""
+    """A recipe from YAML (configs/) or JSON (a run folder's recipe.json), with `section.key=value` overrides (values
+    parsed as YAML)."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    text = path.read_text(encoding="utf-8")
+    # JSON is read as JSON: YAML 1.1 would take the 1e-09 that json.dumps writes for a float for a string.
+    raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
     raw.setdefault("name", path.stem)
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -183,9 +205,29 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         for section in sections:
             target = target.setdefault(section, {})
         target[last] = yaml.safe_load(value)
+    move_label_smoothing(raw)
     recipe = build(Recipe, raw, "recipe")
     recipe.check()
     return recipe
+
+
+def move_label_smoothing(raw: dict) -> None:
+    """model.overrides.label_smoothing, from recipes written while the model computed the training loss, becomes
+    training.label_smoothing, with a warning: label smoothing is a setting of the training loss, which the trainer
+    computes."""
+    model = raw.get("model")
+    overrides = model.get("overrides") if isinstance(model, dict) else None
+    if not isinstance(overrides, dict) or "label_smoothing" not in overrides:
+        return
+    training = raw.setdefault("training", {})
+    if not isinstance(training, dict):
+        return  # build() names the key that is not a mapping
+    if "label_smoothing" in training:
+        raise RecipeError("model.overrides.label_smoothing and training.label_smoothing are both set: label "
+                          "smoothing is a training setting now, keep training.label_smoothing only")
+    training["label_smoothing"] = overrides.pop("label_smoothing")
+    logger.warning("model.overrides.label_smoothing=%r is a training setting now: read as training.label_smoothing; "
+                   "move it there in the recipe", training["label_smoothing"])
 
 
 def build(cls, values: dict, where: str):

@@ -1,4 +1,5 @@
-"""One training run from a recipe: data, tokenizer, model, Seq2SeqTrainer, test BLEU, and the run folder."""
+"""One training run from a recipe, in named steps: the run folder, the data, the model in its trainer, training, the
+final model, its test score, and what the folder keeps of the run (results.json, log.csv, curves.png)."""
 
 import json
 import logging
@@ -12,15 +13,14 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
 from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
-from ..hub.card import render_card
-from ..hub.export import make_portable
+from ..model_folder import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
+from ..results import RunResults, SplitScore
 from .average import average_checkpoints
 from .checkpoints import last_checkpoints, resume_checkpoint
-from .prepare import prepare_data, process_state
 from .plots import plot_curves
+from .prepare import PreparedData, prepare_data, process_state
 from .recipe import Recipe
-from .results import RunResults
 from .schedule import base_lr
 from .trainer import TranslationTrainer, bleu_metric_fn
 
@@ -39,7 +39,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
     precision = t.precision if t.precision != "auto" else ("bf16" if bf16_available() else "fp32")
     return Seq2SeqTrainingArguments(
         output_dir=str(recipe.run_dir),
-        per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (max_tokens)
+        per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (training.batch_tokens)
         per_device_eval_batch_size=g.eval_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps * t.micro_batches,
         learning_rate=base_lr(d_model, t.lr_scale),
@@ -48,6 +48,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         adam_epsilon=t.adam_epsilon,
         weight_decay=0.0,
         max_grad_norm=t.max_grad_norm,  # 0 disables clipping
+        label_smoothing_factor=t.label_smoothing,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         seed=t.seed,
@@ -71,6 +72,38 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
     )
 
 
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResults | None:
+    """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
+
+    Returns the results in the main process, None in the others of a multi-process launch. A new run refuses a
+    folder that holds an earlier one (its checkpoints would be averaged with the new ones, its model published with
+    the new recipe), unless told to resume it or to overwrite it. Overwriting deletes the earlier run only once the
+    recipe and its data have loaded, so a mistyped value or path loses nothing.
+    """
+    recipe.check()
+    replaced = earlier_run_to_replace(recipe.run_dir, resume, overwrite)
+    checkpoint = resume_checkpoint(recipe.run_dir) if resume else None
+    data_source = recipe.data_source()
+    config = recipe.model.config()  # a value the model cannot take fails here, before the data path
+    transformers.set_seed(recipe.training.seed)
+    started = time.perf_counter()
+    data = prepare_data(recipe, data_source, recipe.run_dir / "tokenizer" if resume else None,
+                        config.max_position_embeddings)
+    open_run_folder(recipe, data, replaced)
+    take_vocabulary(config, data.tokenizer, recipe.model.overrides)
+    trainer = make_trainer(recipe, config, data)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():
+        return None  # the run folder is the main process's to write
+    model, averaged = save_final_model(trainer, recipe)
+    results = run_results(recipe, trainer, data, model, averaged, train_seconds)
+    if recipe.data.test:
+        results.test = score_test_split(recipe, model, data)
+    write_run_record(recipe, results, trainer.state.log_history)
+    return results
+
+
 def earlier_run(run_dir: Path) -> list[Path]:
     """What an earlier run left in the folder: checkpoints, batch logs, and its results."""
     patterns = ["checkpoint-*", "batches-rank*.jsonl", "data-rank*.json", "model", "tokenizer", "results.json",
@@ -78,89 +111,94 @@ def earlier_run(run_dir: Path) -> list[Path]:
     return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResults | None:
-    """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
-
-    A new run refuses a folder that holds an earlier one (its checkpoints would be averaged with the new ones, its
-    model published with the new recipe), unless told to resume it or to overwrite it. Overwriting deletes the
-    earlier run only once the recipe and its data have loaded, so a mistyped value or path loses nothing.
-    """
-    recipe.check()
-    run_dir = recipe.run_dir
+def earlier_run_to_replace(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """What a new run will delete of an earlier one in its folder: nothing when it resumes it, all of it when told
+    to overwrite it; a FileExistsError when it was told neither."""
     earlier = earlier_run(run_dir) if run_dir.is_dir() else []
     if earlier and not resume and not overwrite:
         raise FileExistsError(f"{run_dir} holds an earlier run ({earlier[0].name}, ...): pass --resume to continue "
                               "it, --overwrite to replace it, or choose another --output-dir")
-    checkpoint = resume_checkpoint(run_dir) if resume else None
-    data_source = recipe.data_source()
-    transformers.set_seed(recipe.training.seed)
-    started = time.perf_counter()
+    return [] if resume else earlier
 
-    d = recipe.data
-    langs = (d.src, d.tgt)
-    config = VanillaTransformerConfig.from_preset(recipe.model.preset, **recipe.model.overrides)
 
-    def clear_earlier_run():
-        if earlier and overwrite and not resume:
-            for path in earlier:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+def open_run_folder(recipe: Recipe, data: PreparedData, replaced: list[Path]) -> None:
+    """The main process deletes the earlier run being replaced (the new one's data has loaded) and writes the recipe
+    and the tokenizer; then every process writes how its data path went."""
+    run_dir = recipe.run_dir
+    state = process_state(recipe.training.ddp_timeout)
+    if state.is_main_process:
+        for path in replaced:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
-
-    state = process_state(recipe.training.ddp_timeout)
-    data = prepare_data(recipe, data_source, run_dir / "tokenizer" if resume else None,
-                        config.max_position_embeddings, on_loaded=clear_earlier_run)
+        data.tokenizer.save_pretrained(run_dir / "tokenizer")
+    state.wait_for_everyone()  # the others write in the folder once the earlier run is gone
     run_dir.mkdir(parents=True, exist_ok=True)  # on a machine that does not share the main one's disk too
     data.save_phases(run_dir / f"data-rank{state.process_index}.json")
     logger.info("data path:\n%s", data.table())
-    tokenizer, train_set = data.tokenizer, data.train_set
-    if state.is_main_process:
-        tokenizer.save_pretrained(run_dir / "tokenizer")
-    if recipe.training.log_batches:
-        train_set = train_set.add_column("idx", list(range(len(train_set))))
-    config = VanillaTransformerConfig.from_tokenizer(tokenizer, preset=recipe.model.preset, **recipe.model.overrides)
+
+
+def take_vocabulary(config: VanillaTransformerConfig, tokenizer, overrides: dict) -> None:
+    """Give the config the tokenizer's vocabulary size and special-token ids, so that the two cannot drift apart;
+    what the recipe's overrides set stays."""
+    vocabulary = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      decoder_start_token_id=tokenizer.bos_token_id)
+    config.update({name: value for name, value in vocabulary.items() if name not in overrides})
+    config.check()
+
+
+def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: PreparedData) -> TranslationTrainer:
+    """A new model of the config, with the recipe's decoding, in a TranslationTrainer over the prepared data."""
+    tokenizer, t, g = data.tokenizer, recipe.training, recipe.generation
     tokenizer.model_max_length = config.max_position_embeddings  # what truncation=True cuts to
     model = VanillaTransformerForConditionalGeneration(config)
-    g = recipe.generation
-    decoding = decoding_settings(g.num_beams, g.length_penalty)
-    model.generation_config.update(**decoding, max_length_offset=g.max_length_offset)
-    args = training_arguments(recipe, config.d_model)
-    trainer = TranslationTrainer(
+    model.generation_config.update(**decoding_settings(g.num_beams, g.length_penalty),
+                                   max_length_offset=g.max_length_offset)
+    train_set = data.train_set
+    if t.log_batches:
+        train_set = train_set.add_column("idx", list(range(len(train_set))))
+    return TranslationTrainer(
         model=model,
-        args=args,
+        args=training_arguments(recipe, config.d_model),
         train_dataset=train_set,
         eval_dataset=data.validation_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
         processing_class=tokenizer,
         compute_metrics=bleu_metric_fn(tokenizer, load_bleu()),
-        max_tokens=recipe.training.batch_tokens,
-        warmup_steps=recipe.training.warmup_steps,
-        max_minutes=recipe.training.max_minutes,
-        batch_log=run_dir if recipe.training.log_batches else None,
+        micro_batch_tokens=t.batch_tokens,
+        warmup_steps=t.warmup_steps,
+        max_minutes=t.max_minutes,
+        batch_log=recipe.run_dir if t.log_batches else None,
     )
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_world_process_zero():
-        return None  # the run folder is the main process's to write
 
-    final_dir = run_dir / "model"
-    checkpoints = last_checkpoints(run_dir, recipe.average_last) if recipe.average_last > 1 else []
+
+def save_final_model(trainer: TranslationTrainer, recipe: Recipe
+                     ) -> tuple[VanillaTransformerForConditionalGeneration, list[str]]:
+    """run_dir/model: the average of the last checkpoints (average_last) or the trained weights, with the tokenizer,
+    made portable. Returns the model and the names of the checkpoints averaged."""
+    final_dir = recipe.run_dir / "model"
+    checkpoints = last_checkpoints(recipe.run_dir, recipe.average_last) if recipe.average_last > 1 else []
     if len(checkpoints) > 1:
-        model = average_checkpoints(checkpoints, final_dir)
-        averaged = [p.name for p in checkpoints]
+        model, averaged = average_checkpoints(checkpoints, final_dir), [p.name for p in checkpoints]
     else:
         trainer.save_model(final_dir)
-        averaged = []
-    tokenizer.save_pretrained(final_dir)
-    make_portable(final_dir, langs)
+        model, averaged = trainer.model, []
+    trainer.processing_class.save_pretrained(final_dir)
+    make_portable(final_dir, (recipe.data.src, recipe.data.tgt))
+    return model, averaged
 
+
+def run_results(recipe: Recipe, trainer: TranslationTrainer, data: PreparedData, model, averaged: list[str],
+                train_seconds: float) -> RunResults:
+    """What the run measured, from its data, the final model and the trainer's state (the test score comes after)."""
     validation_bleu = [{"step": e["step"], "bleu": e["eval_bleu"]} for e in trainer.state.log_history
                        if "eval_bleu" in e]
     best = max(validation_bleu, key=lambda e: e["bleu"], default=None)
-    results = RunResults(
-        recipe=recipe.name, src=d.src, tgt=d.tgt,
+    return RunResults(
+        recipe=recipe.name, src=recipe.data.src, tgt=recipe.data.tgt,
         parameters=sum(p.numel() for p in model.parameters()),
-        train_pairs=len(train_set), cleaning=data.cleaning,
+        train_pairs=len(data.train_set), cleaning=data.cleaning,
         padding_fraction=round(trainer.batch_sampler.padding_fraction(), 4),
         steps=trainer.state.global_step, train_seconds=round(train_seconds, 1),
         machine=f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -168,20 +206,30 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunR
         averaged_checkpoints=averaged, validation_bleu=validation_bleu,
         best_validation_step=best["step"] if best else None, best_validation_bleu=best["bleu"] if best else None,
     )
-    if d.test:
-        test = data.raw[d.test]
-        if d.test_size:
-            test = test.select(range(min(d.test_size, len(test))))
 
-        def translate_lines(lines: list[str]) -> list[str]:
-            return translate(model, tokenizer, lines, batch_size=g.eval_batch_size, **decoding)
 
-        results.test = evaluate_split(translate_lines, test, d.test, langs, run_dir, g.num_beams, g.length_penalty)
-    results.save(run_dir / "results.json")
-    render_card(run_dir)
-    write_log_csv(trainer.state.log_history, run_dir / "log.csv")
-    plot_curves(trainer.state.log_history, run_dir / "curves.png", title=f"{recipe.name} ({d.src}->{d.tgt})")
-    return results
+def score_test_split(recipe: Recipe, model, data: PreparedData) -> SplitScore:
+    """The final model's sacreBLEU and chrF on the recipe's test split (its first data.test_size pairs), decoded as
+    the recipe says, with the hypotheses written in the run folder."""
+    d, g = recipe.data, recipe.generation
+    test = data.raw[d.test]
+    if d.test_size:
+        test = test.select(range(min(d.test_size, len(test))))
+    decoding = decoding_settings(g.num_beams, g.length_penalty)
+
+    def translate_lines(lines: list[str]) -> list[str]:
+        return translate(model, data.tokenizer, lines, batch_size=g.eval_batch_size, **decoding)
+
+    return evaluate_split(translate_lines, test, d.test, (d.src, d.tgt), recipe.run_dir, g.num_beams,
+                          g.length_penalty)
+
+
+def write_run_record(recipe: Recipe, results: RunResults, log_history: list[dict]) -> None:
+    """What the run folder keeps of the run beside the model: results.json, log.csv and curves.png."""
+    results.save(recipe.run_dir / "results.json")
+    write_log_csv(log_history, recipe.run_dir / "log.csv")
+    d = recipe.data
+    plot_curves(log_history, recipe.run_dir / "curves.png", title=f"{recipe.name} ({d.src}->{d.tgt})")
 
 
 def write_log_csv(log_history: list[dict], path: Path) -> None:

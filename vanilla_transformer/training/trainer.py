@@ -1,4 +1,5 @@
-"""transformers' Seq2SeqTrainer, extended through its own hooks: token batches, the paper's schedule, throughput."""
+"""transformers' Seq2SeqTrainer, extended through its own hooks: token batches, the paper's schedule and its
+label-smoothed loss, throughput."""
 
 import json
 import logging
@@ -11,20 +12,25 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .batching import TokenBatchSampler
-from .data import token_lengths
+from ..modeling_kernels import LabelSmoothedCrossEntropy
+from .batching import token_batches
 from .schedule import noam_scheduler
 
 logger = logging.getLogger(__name__)
 
 
 class TranslationTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with fairseq-style token batches, the Noam schedule, and tokens/s and padding in the logs."""
+    """Seq2SeqTrainer with fairseq-style token batches, the Noam schedule, the label-smoothed loss
+    (args.label_smoothing_factor), and tokens/s and padding in the logs."""
 
-    def __init__(self, *args, max_tokens: int, warmup_steps: int, batch_log: Path | None = None,
+    def __init__(self, *args, micro_batch_tokens: int, warmup_steps: int, batch_log: Path | None = None,
                  max_minutes: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.max_tokens = max_tokens
+        # The loss is the trainer's, not the model's: Trainer's compute_loss hands compute_loss_func the outputs, the
+        # labels and the target tokens of the whole update; its generating evaluation scores with label_smoother.
+        self.compute_loss_func = self.label_smoother = LabelSmoothedLoss(self.args.label_smoothing_factor)
+        self.model_accepts_loss_kwargs = False  # the model is not handed num_items_in_batch: the loss uses it
+        self.micro_batch_tokens = micro_batch_tokens
         self.warmup_steps = warmup_steps
         self.batch_log = batch_log
         self.tokens_since_log = self.padded_since_log = 0
@@ -34,12 +40,9 @@ class TranslationTrainer(Seq2SeqTrainer):
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
-        self.batch_sampler = TokenBatchSampler(
-            token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"), max_tokens=self.max_tokens,
-            seed=self.args.seed,
-        )
+        self.batch_sampler = token_batches(dataset, self.micro_batch_tokens, self.args.seed)
         logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
-                    len(self.batch_sampler), self.max_tokens, 100 * self.batch_sampler.padding_fraction())
+                    len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
         collator = self.data_collator
         if self.batch_log is not None:
             collator = BatchLoggingCollator(collator, self.batch_log, self.args.process_index)
@@ -67,6 +70,20 @@ class TranslationTrainer(Seq2SeqTrainer):
             self.tokens_since_log = self.padded_since_log = 0
             self.log_clock = time.perf_counter()
         super().log(logs, *args, **kwargs)
+
+
+class LabelSmoothedLoss:
+    """Cross-entropy against label-smoothed targets (Section 5.4) through the fused kernel, summed over the target
+    tokens and divided by those of the whole update (num_items_in_batch) or, without it, by the batch's own; as
+    fairseq, batches of different sizes are weighted by their tokens."""
+
+    def __init__(self, epsilon: float):
+        self.epsilon = epsilon
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.epsilon)
+        return loss / (num_items_in_batch or (labels != -100).sum())
 
 
 class SamplerEpoch(TrainerCallback):

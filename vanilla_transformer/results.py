@@ -1,16 +1,31 @@
-"""What a training run measured, as results.json holds it: written once by the run, read by the CLI, the model
-card and push."""
+"""What a model measured: the score of a split, and what a training run measured as results.json holds it (written
+once by the run, read by the CLI, the model card and push)."""
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluation import SplitScore
+
+@dataclass
+class SplitScore:
+    """How a model translated one split: corpus sacreBLEU and chrF with their signatures, and a few examples."""
+
+    split: str
+    sentences: int
+    num_beams: int
+    length_penalty: float
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    examples: list[dict] = field(default_factory=list)  # source, reference, translation
 
 
 @dataclass
 class RunResults:
+    """What a training run measured: its data, its updates and time, its validation scores and its test score."""
+
     recipe: str
     src: str
     tgt: str
