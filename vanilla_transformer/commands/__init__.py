@@ -1,0 +1,1 @@
+"""The vanilla-transformer commands, one a module: NAME, HELP, add_arguments(parser) and run(args)."""

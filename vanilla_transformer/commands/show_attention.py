@@ -1,0 +1,25 @@
+"""`show-attention`: a PNG heatmap of the encoder-decoder attention of one sentence's translation."""
+
+import argparse
+
+NAME = "show-attention"
+HELP = "PNG heatmap of a translation's cross-attention"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model")
+    parser.add_argument("sentence")
+    parser.add_argument("--out", default="attention.png")
+    parser.add_argument("--layer", type=int, help="one decoder layer (default: mean of all)")
+    parser.add_argument("--head", type=int, help="one head (default: mean of all)")
+    parser.add_argument("--num-beams", type=int, default=4)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..translators import load_model
+    from ..visualize import plot_attention
+
+    model, tokenizer = load_model(args.model)
+    translation = plot_attention(model, tokenizer, args.sentence, args.out, args.layer, args.head,
+                                 num_beams=args.num_beams)
+    print(f"translation: {translation}\nattention heatmap: {args.out}")

@@ -1,0 +1,26 @@
+"""The evaluate command's report.json: what was evaluated, the split's scores (evaluation.SplitScore) and the speed."""
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .evaluation import evaluate_split
+
+
+def evaluate_and_report(translate_lines: Callable[[list[str]], list[str]], pairs, split: str, langs: tuple[str, str],
+                        out_dir: Path, num_beams: int, length_penalty: float, *, model: str, engine: str,
+                        data: str) -> dict:
+    """Translate and score the split as evaluate_split does, timed, and write out_dir/report.json; returns the report.
+
+    model, engine and data say what was evaluated; they open the report.
+    """
+    start = time.perf_counter()
+    result = evaluate_split(translate_lines, pairs, split, langs, out_dir, num_beams, length_penalty)
+    seconds = time.perf_counter() - start
+    report = {"model": model, "engine": engine, "data": data, "direction": "-".join(langs),
+              **dataclasses.asdict(result), "seconds": round(seconds, 1),
+              "sentences_per_s": round(result.sentences / seconds, 1)}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
