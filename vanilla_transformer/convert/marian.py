@@ -7,6 +7,7 @@ two halves of the positional table, and a fixed bias on the logits.
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,7 +58,6 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
         add_final_logits_bias=True,
         norm_first=False,
         layer_norm_eps=1e-5,  # torch's nn.LayerNorm default, which Marian uses
-        label_smoothing=0.0,  # MarianMTModel's loss is plain cross-entropy
         pad_token_id=marian.pad_token_id,
         bos_token_id=marian.bos_token_id,
         eos_token_id=eos,
@@ -116,29 +116,43 @@ def convert_marian(marian: MarianMTModel) -> VanillaTransformerForConditionalGen
 def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> VanillaTransformerForConditionalGeneration:
     """Convert a Marian model folder or Hub repo id into a model folder of ours, with Marian's tokenizer as it is.
 
-    Everything is loaded and converted before anything is written, and the folder is written beside out_dir and
-    renamed into place, so a failure leaves no half-made out_dir.
+    out_dir must be a new or empty folder; everything is loaded and converted before anything is written.
     """
     source = model_source(source)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: exists and is not empty")
+    refuse_to_overwrite(out_dir, source)
     marian = MarianMTModel.from_pretrained(source)
     tokenizer = load_tokenizer(source, "a Marian folder needs source.spm, target.spm and vocab.json")
     model = convert_marian(marian)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
+    with new_folder(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         make_portable(staging)
+    return model
+
+
+def refuse_to_overwrite(out_dir: str | Path, source: str) -> None:
+    """A FileExistsError naming out_dir unless it is a new or empty folder (so never the source model's own)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        whose = " (the source model's own folder)" if Path(source).exists() and out_dir.samefile(source) else ""
+        raise FileExistsError(f"{out_dir}: exists and is not an empty folder{whose}; name a new folder")
+
+
+@contextmanager
+def new_folder(out_dir: str | Path):
+    """A staging folder beside out_dir (a new or empty folder) to write into, renamed to out_dir at the end of the
+    block, and removed if the block fails: a failure leaves no half-made out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        yield staging
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return model
 
 
 def residual_permutation(config: VanillaTransformerConfig) -> torch.Tensor:
@@ -212,17 +226,35 @@ def export_marian(model: VanillaTransformerForConditionalGeneration) -> MarianMT
     if set(missing) - tied - positions or unexpected:
         raise ValueError(f"weights did not map: missing {sorted(set(missing) - tied - positions)}, "
                          f"unexpected {sorted(unexpected)}")
-    marian.generation_config = GenerationConfig.from_dict(
-        {k: v for k, v in model.generation_config.to_dict().items() if k != "max_length_offset"})
+    marian.generation_config = export_generation_config(model)
     return marian.to(model.dtype)
 
 
+def export_generation_config(model: VanillaTransformerForConditionalGeneration) -> GenerationConfig:
+    """Our decoding settings for Marian's generate(), which has no output length relative to the source.
+
+    Ours stops a hypothesis at min(source length + max_length_offset, max_position_embeddings) tokens; Marian's gets
+    max_length=max_position_embeddings, so the translations are the same wherever ours ends with </s> before source
+    length + offset, and differ only for a hypothesis ours cuts there (one that never ends, which Marian lets run on
+    to the positions' limit).
+    """
+    settings = model.generation_config.to_dict()
+    if settings.pop("max_length_offset", None) is not None:
+        settings["max_length"] = model.config.max_position_embeddings
+    return GenerationConfig.from_dict(settings)
+
+
 def export_marian_checkpoint(source: str | Path, out_dir: str | Path) -> MarianMTModel:
-    """A MarianMTModel folder from a model folder of ours, with our tokenizer (which any transformers loads)."""
+    """A MarianMTModel folder from a model folder of ours, with our tokenizer (which any transformers loads).
+
+    out_dir must be a new or empty folder; everything is loaded and converted before anything is written.
+    """
     source = model_source(source)
+    refuse_to_overwrite(out_dir, source)
     model = VanillaTransformerForConditionalGeneration.from_pretrained(source).eval()
-    tokenizer = load_tokenizer(source, "the Marian folder carries it")  # before anything is written
+    tokenizer = load_tokenizer(source, "the Marian folder carries it")
     marian = export_marian(model)
-    marian.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with new_folder(out_dir) as staging:
+        marian.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return marian

@@ -1,0 +1,78 @@
+"""An export translates as the model it came from, and writes only into a new folder: each test reproduces a defect
+once found (issue 28)."""
+
+import pytest
+import torch
+from conftest import tiny_model_folder, tiny_recipe, write_pairs
+from transformers import AutoTokenizer, MarianMTModel
+
+from vanilla_transformer import VanillaTransformerForConditionalGeneration
+from vanilla_transformer.cli import main
+from vanilla_transformer.training.run import train
+
+SENTENCES = 48  # the first test2016 pairs, which the model below learns by heart
+
+
+@pytest.fixture(scope="module")
+def memorized_model(data_dir, tmp_path_factory):
+    """A tiny model trained until it translates the first test2016 sentences, each to its end, in seconds: they are
+    its training set. Its small vocabulary makes most translations longer than 20 tokens."""
+    corpus = tmp_path_factory.mktemp("test2016-head")
+    de = (data_dir / "multi30k/test2016.de").read_text(encoding="utf-8").splitlines()[:SENTENCES]
+    en = (data_dir / "multi30k/test2016.en").read_text(encoding="utf-8").splitlines()[:SENTENCES]
+    write_pairs(corpus, "train", de, en)
+    write_pairs(corpus, "val", de[:8], en[:8])
+    out = tmp_path_factory.mktemp("memorized") / "run"
+    train(tiny_recipe(corpus, out, "model.overrides={dropout: 0.0, max_position_embeddings: 256, d_model: 64, "
+                                   "d_ff: 128}", "training.max_steps=400", "training.warmup_steps=50",
+                      "training.lr_scale=1.0", "training.eval_steps=1000", "training.save_steps=1000",
+                      "data.test=null"))
+    return out / "model", de
+
+
+def batches(tokenizer, lines: list[str], size: int = 16):
+    for start in range(0, len(lines), size):
+        yield tokenizer(lines[start : start + size], return_tensors="pt", padding=True)
+
+
+def test_export_marian_translates_long_sentences_as_the_source_model(memorized_model, tmp_path):
+    # Defect 2: the exported generation_config.json kept max_length 20 and dropped max_length_offset, so Marian cut
+    # every translation at 20 tokens.
+    model_dir, sentences = memorized_model
+    main(["export-marian", str(model_dir), str(tmp_path / "marian")])
+    ours = VanillaTransformerForConditionalGeneration.from_pretrained(model_dir).eval()
+    marian = MarianMTModel.from_pretrained(tmp_path / "marian").eval()  # its own decoding settings, none passed
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "marian")
+    lengths = []
+    with torch.no_grad():
+        for batch in batches(tokenizer, sentences):
+            expected = ours.generate(**batch)
+            # The same tokens only if ours ends every hypothesis itself, before source length + max_length_offset.
+            assert (expected == ours.config.eos_token_id).any(dim=1).all()
+            lengths += (expected != ours.config.pad_token_id).sum(dim=1).tolist()
+            actual = marian.generate(**batch)
+            assert tokenizer.batch_decode(actual, skip_special_tokens=True) == tokenizer.batch_decode(
+                expected, skip_special_tokens=True)
+            assert torch.equal(actual, expected)
+    assert sum(length > 30 for length in lengths) >= SENTENCES // 2, f"too few long translations: {lengths}"
+
+
+def test_export_marian_writes_only_into_a_new_or_empty_folder(data_dir, tmp_path):
+    # Defect 9: export-marian wrote into any folder, the model's own included (its config became a Marian one).
+    model_dir = tiny_model_folder(data_dir, tmp_path / "model", positions=48)
+    before = {path.name: path.read_bytes() for path in model_dir.iterdir()}
+    with pytest.raises(SystemExit, match=r"model: exists and is not an empty folder \(the source model's own folder\)"):
+        main(["export-marian", str(model_dir), str(model_dir)])
+    assert {path.name: path.read_bytes() for path in model_dir.iterdir()} == before
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"other: exists and is not an empty folder; name a new folder"):
+        main(["export-marian", str(model_dir), str(tmp_path / "other")])
+    assert [path.name for path in (tmp_path / "other").iterdir()] == ["notes.txt"]
+
+    (tmp_path / "empty").mkdir()
+    main(["export-marian", str(model_dir), str(tmp_path / "empty")])
+    assert MarianMTModel.from_pretrained(tmp_path / "empty").config.vocab_size == len(
+        AutoTokenizer.from_pretrained(model_dir))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty", "model", "other"], "a staging folder stayed"
