@@ -1,12 +1,14 @@
 """Fine-tune a saved or pushed vanilla-transformer model on new parallel data, the transformers way.
 
-This follows transformers' examples/pytorch/translation/run_translation.py: Auto classes with trust_remote_code,
-tokenizer(inputs, text_target=targets), DataCollatorForSeq2Seq, Seq2SeqTrainer with predict_with_generate.
-Nothing in it is specific to this package, so it works the same on a model from the Hub.
+This follows transformers' examples/pytorch/translation/run_translation.py: Auto classes, the model's own code run
+only with --trust_remote_code True, tokenizer(inputs, text_target=targets), DataCollatorForSeq2Seq, Seq2SeqTrainer
+with predict_with_generate. Nothing in it is specific to this package, so it works the same on a model from the Hub.
+A vanilla-transformer folder carries its model code (config.json's auto_map), so it needs --trust_remote_code True:
 
     python examples/finetune_translation.py --model_name_or_path runs/multi30k-de-en-small/model \
-        --train_file train.jsonl --validation_file val.jsonl --source_lang de --target_lang en \
-        --output_dir finetuned --max_steps 200 --predict_with_generate --generation_num_beams 4
+        --trust_remote_code True --train_file train.jsonl --validation_file val.jsonl \
+        --source_lang de --target_lang en --output_dir finetuned --max_steps 200 --predict_with_generate \
+        --generation_num_beams 4
 
 Data: JSON lines, one {"translation": {"de": "...", "en": "..."}} per line.
 """
@@ -21,11 +23,13 @@ import evaluate
 import numpy as np
 from datasets import load_dataset
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     HfArgumentParser,
+    PretrainedConfig,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     set_seed,
@@ -39,7 +43,8 @@ DEFAULT_METRIC = Path(__file__).resolve().parents[1] / "vanilla_transformer" / "
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(metadata={"help": "A model folder or Hub repo id"})
-    trust_remote_code: bool = field(default=True, metadata={"help": "Load the model's own code (auto_map)"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run the Python files that come with the model (config.json's auto_map), as you: read them first"})
 
 
 @dataclass
@@ -56,6 +61,8 @@ class DataTrainingArguments:
 def main(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if not model_args.trust_remote_code:
+        refuse_remote_code(model_args.model_name_or_path)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout)
     set_seed(training_args.seed)
 
@@ -82,7 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     columns = raw["train"].column_names
     train_dataset = raw["train"].map(preprocess, batched=True, remove_columns=columns)
-    eval_dataset = raw["validation"].map(preprocess, batched=True, remove_columns=columns) if "validation" in raw else None
+    eval_dataset = None
+    if "validation" in raw:
+        eval_dataset = raw["validation"].map(preprocess, batched=True, remove_columns=columns)
 
     metric = evaluate.load(data_args.metric_path)
 
@@ -112,6 +121,18 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.save_metrics("all", metrics)
     print(json.dumps(metrics, indent=2))
     return metrics
+
+
+def refuse_remote_code(model_name_or_path: str) -> None:
+    """SystemExit naming the model and the option if its config maps it to code of its own that transformers does not
+    already have (a model type registered by an imported package loads with that package's classes instead)."""
+    config, _ = PretrainedConfig.get_config_dict(model_name_or_path)
+    if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING:
+        raise SystemExit(
+            f"{model_name_or_path}: its config.json (model_type {config.get('model_type')!r}) loads the model with "
+            f"Python files that come with it (auto_map: {config['auto_map']}), which would run as you. Read them, "
+            "then pass --trust_remote_code True to run them."
+        )
 
 
 if __name__ == "__main__":

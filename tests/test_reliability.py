@@ -16,7 +16,7 @@ import transformers
 from conftest import REPO, accelerate_launch, launch_env, tiny_model_folder, tiny_recipe, write_pairs
 from safetensors.torch import load_file
 from test_training import complete_json, train_args
-from transformers import GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
 from vanilla_transformer.cli import main
 from vanilla_transformer.training.average import average_checkpoints
@@ -59,11 +59,33 @@ def test_greedy_validation_saves_checkpoints(greedy_run):
     ("training.micro_batch_tokens=32", r"data.max_length=64: must be positive and at most the tokens of a batch"),
     ("tokenizer.sample=0", r"tokenizer.sample=0: must be positive"),
     ("training.ddp_timeout=0", r"training.ddp_timeout=0: must be a positive number of seconds"),
+    ("data.max_length=300", r"data.max_length=300: must be at most the model's max_position_embeddings \(256\)"),
+    ("model.preset=huge", r"model.preset='huge' with model.overrides=.*: unknown preset 'huge'"),
 ])
 def test_recipe_values_are_checked_when_loaded(override, message):
     # Defect 3: these were accepted, and failed (or silently trained fp32) later.
     with pytest.raises(RecipeError, match=message):
         load_recipe(RECIPE, [override])
+
+
+def test_pairs_longer_than_the_models_positions_are_dropped_whatever_max_length_says(data_dir, tmp_path):
+    # Issue 28, defect 5: with data.max_length null (or above the positions) a long pair stopped the run at the step
+    # that drew it ("sequence of 105 tokens exceeds max_position_embeddings=64"), and every resume at that step.
+    de = (data_dir / "multi30k/train.de").read_text(encoding="utf-8").splitlines()[:60]
+    en = (data_dir / "multi30k/train.en").read_text(encoding="utf-8").splitlines()[:60]
+    long_de, long_en = ([" ".join(side[i : i + 3]) for i in range(0, 9, 3)] for side in (de, en))
+    write_pairs(tmp_path / "corpus", "train", de + long_de, en + long_en)
+    write_pairs(tmp_path / "corpus", "val", de[:8], en[:8])
+    results = train(tiny_recipe(tmp_path / "corpus", tmp_path / "run", "data.max_length=null", "data.max_ratio=null",
+                                "model.overrides={dropout: 0.1, max_position_embeddings: 64}", "training.max_steps=-1",
+                                "training.epochs=1", "data.test=null"))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run/tokenizer")
+    lengths = [max(len(tokenizer(s)["input_ids"]), len(tokenizer(t)["input_ids"]))
+               for s, t in zip(de + long_de, en + long_en)]
+    beyond = sum(length > 64 for length in lengths)
+    assert beyond >= len(long_de) and results.cleaning == {"kept": len(lengths) - beyond, "too_long": beyond,
+                                                            "bad_ratio": 0}
+    assert results.train_pairs == len(lengths) - beyond
 
 
 def test_overwrite_deletes_nothing_until_the_new_run_can_start(greedy_run, tmp_path, small_corpus):
@@ -246,3 +268,83 @@ def test_convert_marian_without_a_tokenizer_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"marian: no usable tokenizer|marian: no tokenizer files"):
         convert_marian_checkpoint(tmp_path / "marian", tmp_path / "ours")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["marian"]
+
+
+@pytest.mark.parametrize("layout", ["text", "jsonl", "parquet"])
+def test_an_edit_that_keeps_the_size_and_time_is_read_anew(layout, tmp_path):
+    # Issue 28, defect 13: the text was cached by the files' size and modification time (a table's by its time
+    # alone), so an edit that kept both (touch -r, a restore from a backup) trained on the old text.
+    from vanilla_transformer import train_tokenizer
+    from vanilla_transformer.training.data import load_parallel, tokenize
+
+    corpus = tmp_path / "corpus"
+
+    def write(de: list[str], en: list[str]) -> list[Path]:
+        if layout == "text":
+            write_pairs(corpus, "train", de, en)
+            return [corpus / "train.de", corpus / "train.en"]
+        rows = [{"translation": {"de": d, "en": e}} for d, e in zip(de, en)]
+        corpus.mkdir(exist_ok=True)
+        if layout == "jsonl":
+            (corpus / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), corpus / "train.parquet")
+        return [corpus / f"train.{layout}"]
+
+    de, en = ["Ein Hund rennt.", "Zwei Katzen schlafen."], ["A dog runs.", "Two cats sleep."]
+    tokenizer = train_tokenizer(texts=de + en + ["Ein Hund lacht.", "A dog laughs."], vocab_size=300,
+                                show_progress=False)
+    files = write(de, en)
+    for file in files:
+        shutil.copy2(file, tmp_path / f"{file.name}.before")  # its size and times, for touch -r
+    first = tokenize(load_parallel(corpus, ("de", "en"))["train"], tokenizer, ("de", "en"))
+
+    edited = write(["Ein Hund lacht.", de[1]], ["A dog eats.", en[1]])  # the same number of bytes
+    for file in edited:
+        subprocess.run(["touch", "-r", str(tmp_path / f"{file.name}.before"), str(file)], check=True)
+        before = (tmp_path / f"{file.name}.before").stat()
+        assert file.stat().st_mtime_ns == before.st_mtime_ns
+        assert layout != "text" or file.stat().st_size == before.st_size
+    pairs = load_parallel(corpus, ("de", "en"))["train"]
+    assert pairs["translation"] == [{"de": "Ein Hund lacht.", "en": "A dog eats."}, {"de": de[1], "en": en[1]}]
+    again = tokenize(pairs, tokenizer, ("de", "en"))
+    assert again["input_ids"][0] == tokenizer("Ein Hund lacht.")["input_ids"] != first["input_ids"][0]
+
+
+def run_finetune_example(tmp_path: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    """examples/finetune_translation.py for one update on four pairs, in a Python that has not imported the package."""
+    rows = [{"translation": {"de": "Ein Hund rennt.", "en": "A dog runs."}}] * 4
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    args = ["--model_name_or_path", str(model), "--train_file", str(tmp_path / "train.jsonl"), "--output_dir",
+            str(tmp_path / "finetuned"), "--max_steps", "1", "--report_to", "none", "--use_cpu", "--save_strategy",
+            "no", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    return subprocess.run([sys.executable, str(REPO / "examples/finetune_translation.py"), *args], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_finetune_example_runs_no_code_of_the_model_unless_asked(data_dir, tmp_path):
+    # Issue 28, defect 6: the example defaulted to trust_remote_code=True, so a folder whose config.json maps the
+    # model to its own .py ran that file as the user, unasked.
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    auto_map = {"AutoConfig": "hostile.Config", "AutoModelForSeq2SeqLM": "hostile.Model"}
+    (hostile / "config.json").write_text(json.dumps({"model_type": "hostile_seq2seq", "auto_map": auto_map}))
+    (hostile / "hostile.py").write_text(f"open({str(tmp_path / 'it-ran')!r}, 'w').close()\n")
+    result = run_finetune_example(tmp_path, hostile)
+    assert not (tmp_path / "it-ran").exists(), "the model's code ran"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (f"{hostile}: its config.json (model_type 'hostile_seq2seq') loads the model with Python files that come "
+            "with it") in result.stderr and "pass --trust_remote_code True" in result.stderr
+
+    # A folder of ours needs it too where the package is not imported; it says so before reading the data.
+    ours = tiny_model_folder(data_dir, tmp_path / "ours", positions=48)
+    result = run_finetune_example(tmp_path, ours)
+    assert result.returncode == 1 and "model_type 'vanilla_transformer'" in result.stderr, result.stderr[-3000:]
+    assert "pass --trust_remote_code True" in result.stderr and not (tmp_path / "finetuned").exists()
+    result = run_finetune_example(tmp_path, ours, "--trust_remote_code", "True")  # as the example's docstring says
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "finetuned/model.safetensors").is_file()

@@ -1,11 +1,12 @@
 """A run's data path, from the recipe to tokenised, cleaned pairs: read, tokenizer, tokenize, clean.
 
 Every phase is timed, and the costly ones are cached across runs, keyed by their inputs: the text as Arrow (the
-datasets cache, keyed by the files' size and time), the tokenizer (keyed by the training text's fingerprint and the
-tokenizer settings), the token ids (the datasets cache, keyed by the text and the tokenizer). A rerun, a resume, and
-the other processes of a multi-process launch (which wait for the main process, and on another machine for that
-machine's main process) reuse them. A large train set is encoded in a child process with a faster malloc
-(tokenize_child.py).
+datasets cache, keyed by the files' content; a folder laid out like a Hub dataset repo by the files' modification
+times, as datasets keys it, so `touch` its files to have them read again), the tokenizer (keyed by the training
+text's fingerprint and the tokenizer settings), the token ids (the datasets cache, keyed by the text and the
+tokenizer). A rerun, a resume, and the other processes of a multi-process launch (which wait for the main process,
+and on another machine for that machine's main process) reuse them. A large train set is encoded in a child process
+with a faster malloc (tokenize_child.py).
 """
 
 import hashlib
@@ -81,7 +82,7 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
     """Read, tokenise and clean the recipe's data; the main process first, the others then reuse its caches.
 
     tokenizer_dir: a tokenizer saved there earlier is used (the run folder's, on resume).
-    max_length: validation sentences are truncated to it (the model's positions).
+    max_length: the model's positions: longer training pairs are dropped, longer validation sentences truncated.
     """
     d = recipe.data
     langs = (d.src, d.tgt)
@@ -114,7 +115,7 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
             p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
             p.cached = found_in(tokenized, existing)
         with phase("clean") as (p, _):
-            train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio)
+            train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio, max_positions=max_length)
             p.rows = len(train_set)
         with phase("tokenize validation") as (p, existing):
             validation_pairs = raw[d.validation]
