@@ -8,11 +8,14 @@ import torch.nn.functional as F
 from conftest import random_batch, tiny_model
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 
-from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, modeling
-from vanilla_transformer.modeling_kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
-from vanilla_transformer.modeling import (
-    CACHE_FIELD,
-    sinusoidal_table,
+from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration, modeling_kernels
+from vanilla_transformer.modeling import eager_attention_forward, sinusoidal_table
+from vanilla_transformer.modeling_compat import CACHE_FIELD
+from vanilla_transformer.modeling_kernels import (
+    LabelSmoothedCrossEntropy,
+    apply_dropout,
+    attention_function,
+    prefers_eager,
 )
 
 # The model's variants: the paper's (post-norm, sinusoidal) and the options people switch on.
@@ -148,12 +151,24 @@ def test_bf16_autocast_stays_close_to_fp32():
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
 
 
-def test_cpu_attention_path_follows_the_measured_crossings():
+def uses_eager(config, query: torch.Tensor, output_attentions: bool = False) -> bool:
+    """Whether the model's attention takes the plain (eager) kernel for this query."""
+    kernel = attention_function(config, query, output_attentions, eager=eager_attention_forward)
+    return kernel is eager_attention_forward
+
+
+@pytest.fixture
+def avx512(monkeypatch):
+    """The CPU taken for an AVX-512 one, whatever this one is."""
+    monkeypatch.setattr(modeling_kernels, "cpu_capability", lambda: "AVX512")
+
+
+def test_cpu_attention_path_follows_the_measured_crossings(avx512):
     """SDPA where benchmarks/bench_attention.py finds it faster on each CPU class, the plain path elsewhere."""
-    attention = tiny_model().model.decoder.layers[0].self_attn
+    config = tiny_model().config
 
     def plain(batch, length, dtype=torch.float32, capability="AVX512"):
-        return prefers_eager(attention.config, torch.zeros(batch, 4, length, 8, dtype=dtype), capability)
+        return prefers_eager(torch.zeros(batch, 4, length, 8, dtype=dtype), capability)
 
     assert not plain(128, 32)  # fp32 training and encoding
     assert not plain(8, 1)  # fp32, a few sequences decoding
@@ -165,36 +180,38 @@ def test_cpu_attention_path_follows_the_measured_crossings():
     assert plain(64, 1, capability="AVX2")
     assert not plain(128, 32, torch.bfloat16, capability="AVX2")
     assert not plain(64, 1, capability="DEFAULT")
-    attention.config._attn_implementation = "eager"
-    assert not plain(64, 1)  # nothing to prefer: it is eager already
-    attention.config._attn_implementation = "sdpa"
-    attention.config.cpu_attention_by_shape = False
-    assert not plain(64, 1)  # the switch: SDPA everywhere
+    assert not prefers_eager(torch.zeros(64, 4, 1, 8, device="meta"), "AVX512")  # only on CPU
+    # The default kernel follows the crossings; the weights, when asked for, come from the plain path.
+    query, training = torch.zeros(64, 4, 1, 8), torch.zeros(128, 4, 32, 8)
+    assert uses_eager(config, query) and not uses_eager(config, training)
+    assert uses_eager(config, training, output_attentions=True)
+    config._attn_implementation = "sdpa"
+    assert not uses_eager(config, query)  # the switch: SDPA everywhere
 
 
 @pytest.mark.parametrize("how", ["from_pretrained", "set_attn_implementation"])
-def test_sdpa_asked_for_by_name_is_sdpa_at_every_shape(tmp_path, how):
+def test_sdpa_asked_for_by_name_is_sdpa_at_every_shape(tmp_path, how, avx512):
     tiny_model().save_pretrained(tmp_path)
     query = torch.zeros(64, 4, 1, 8)
     default = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path)
-    assert prefers_eager(default.config, query, "AVX512")
+    assert uses_eager(default.config, query)
     if how == "from_pretrained":
         named = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="sdpa")
     else:
         named = default
         named.set_attn_implementation("sdpa")
-    assert not prefers_eager(named.config, query, "AVX512")
+    assert not uses_eager(named.config, query)
     named.save_pretrained(tmp_path / "again")  # how it was loaded is not saved with it
     again = VanillaTransformerForConditionalGeneration.from_pretrained(tmp_path / "again")
-    assert prefers_eager(again.config, query, "AVX512")
+    assert uses_eager(again.config, query)
 
 
 def test_decoding_many_beams_through_the_plain_path_gives_sdpa_tokens(monkeypatch):
     model = tiny_model()
     src, mask, _ = padded_batch([4, 7, 2, 6, 5])
-    monkeypatch.setattr(modeling, "prefers_eager", lambda config, query: True)
+    monkeypatch.setattr(modeling_kernels, "prefers_eager", lambda query: True)
     plain = model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10)
-    monkeypatch.setattr(modeling, "prefers_eager", lambda config, query: False)
+    monkeypatch.setattr(modeling_kernels, "prefers_eager", lambda query: False)
     assert torch.equal(model.generate(src, attention_mask=mask, num_beams=4, max_new_tokens=10), plain)
 
 
@@ -225,25 +242,41 @@ def test_hidden_states_are_returned_per_layer():
     assert len(out.encoder_hidden_states) == model.config.encoder_layers + 1
     assert len(out.decoder_hidden_states) == model.config.decoder_layers + 1
     torch.testing.assert_close(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+    # The first is what enters the first layer: the embedded source.
+    torch.testing.assert_close(out.encoder_hidden_states[0], model.get_encoder().embed(random_batch(2, 5), None))
+    for states in (out.encoder_hidden_states, out.decoder_hidden_states):
+        assert all(not torch.equal(a, b) for a, b in zip(states, states[1:]))
 
 
-def test_label_smoothed_loss_matches_torch_and_ignores_padding():
-    model = tiny_model(label_smoothing=0.1)
+def test_misspelled_keyword_is_refused_by_name():
+    model = tiny_model()
+    src = random_batch(2, 5)
+    with pytest.raises(TypeError, match="decoder_atention_mask"):
+        model(input_ids=src, decoder_input_ids=src, decoder_atention_mask=torch.ones_like(src))
+    with pytest.raises(TypeError, match="output_atentions"):
+        model.model(input_ids=src, decoder_input_ids=src, output_atentions=True)
+
+
+def test_loss_is_cross_entropy_and_the_fused_kernel_smooths_it_as_torch_does():
+    model = tiny_model()
     src = random_batch(3, 6)
     labels = random_batch(3, 7, seed=8)
     labels[0, 5:] = -100
     labels[2, 2:] = -100
     out = model(input_ids=src, labels=labels)
-    reference = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
-                                label_smoothing=0.1)
-    torch.testing.assert_close(out.loss, reference)
+    flat_logits, flat_labels = out.logits.reshape(-1, out.logits.shape[-1]), labels.reshape(-1)
+    torch.testing.assert_close(out.loss, F.cross_entropy(flat_logits, flat_labels, ignore_index=-100))
+    keep = labels != -100
+    # The trainer's label-smoothed loss: the fused kernel's sum over the real tokens, divided by their number.
+    smoothed = LabelSmoothedCrossEntropy.apply(flat_logits, flat_labels, 0.1) / keep.sum()
+    torch.testing.assert_close(smoothed, F.cross_entropy(flat_logits, flat_labels, label_smoothing=0.1))
 
     # Written out: mean over real tokens of (1 - eps) * NLL + eps * mean_k(-log p_k).
     log_probs = out.logits.log_softmax(-1)
-    keep = labels != -100
     nll = -log_probs[keep].gather(-1, labels[keep][:, None]).squeeze(-1)
     smooth = -log_probs[keep].mean(-1)
-    torch.testing.assert_close(out.loss, (0.9 * nll + 0.1 * smooth).mean())
+    torch.testing.assert_close(out.loss, nll.mean())
+    torch.testing.assert_close(smoothed, (0.9 * nll + 0.1 * smooth).mean())
 
     # The decoder input is the labels shifted right; ignored positions become padding, and never count.
     expected = torch.cat([torch.full((3, 1), model.config.decoder_start_token_id), labels[:, :-1]], dim=1)
@@ -251,9 +284,9 @@ def test_label_smoothed_loss_matches_torch_and_ignores_padding():
     assert torch.equal(model.prepare_decoder_input_ids_from_labels(labels), expected)
     changed = out.logits.detach().clone()
     changed[~keep] += torch.randn_like(changed[~keep])
-    assert F.cross_entropy(changed.reshape(-1, 99), labels.reshape(-1), label_smoothing=0.1).item() == pytest.approx(
-        out.loss.item()
-    )
+    assert F.cross_entropy(changed.reshape(-1, 99), labels.reshape(-1)).item() == pytest.approx(out.loss.item())
+    assert (LabelSmoothedCrossEntropy.apply(changed.reshape(-1, 99), labels.reshape(-1), 0.1) / keep.sum()).item() == (
+        pytest.approx(smoothed.item()))
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
@@ -345,7 +378,7 @@ def test_resize_token_embeddings_keeps_weights_tied():
 
 def test_tiny_model_memorises_16_pairs_and_generate_reproduces_them():
     torch.manual_seed(0)
-    config = VanillaTransformerConfig.from_preset("tiny", d_model=64, d_ff=128, label_smoothing=0.0)
+    config = VanillaTransformerConfig.from_preset("tiny", d_model=64, d_ff=128)
     model = VanillaTransformerForConditionalGeneration(config)
     pairs = []
     for i in range(16):

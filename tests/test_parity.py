@@ -11,7 +11,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from vanilla_transformer import VanillaTransformerForConditionalGeneration
 from vanilla_transformer.convert.marian import convert_config, convert_marian, convert_marian_checkpoint
-from vanilla_transformer.modeling import CACHE_FIELD
+from vanilla_transformer.modeling_compat import CACHE_FIELD
 
 PAD, EOS, VOCAB = 98, 0, 99
 

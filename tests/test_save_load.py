@@ -18,7 +18,8 @@ from vanilla_transformer import (
     VanillaTransformerForConditionalGeneration,
     VanillaTransformerModel,
 )
-from vanilla_transformer.modeling_kernels import prefers_eager
+from vanilla_transformer import modeling_kernels
+from vanilla_transformer.modeling import eager_attention_forward
 
 
 def count_parameters(model) -> int:
@@ -42,7 +43,7 @@ def test_round_trip_is_bit_identical(tmp_path, overrides):
     assert loaded.generation_config.max_length_offset == 50
 
 
-def test_loads_in_bf16_and_generates(tmp_path):
+def test_loads_in_bf16_and_generates(tmp_path, monkeypatch):
     """from_pretrained(dtype=torch.bfloat16): half the bytes per decoding step, close to fp32's logits."""
     model = tiny_model().eval()
     model.save_pretrained(tmp_path)
@@ -54,7 +55,11 @@ def test_loads_in_bf16_and_generates(tmp_path):
         bf16 = loaded(input_ids=src, decoder_input_ids=tgt).logits
     assert bf16.dtype == torch.bfloat16
     assert (bf16.float() - fp32).abs().max() < 0.03 * fp32.abs().max()
-    assert prefers_eager(loaded.config, torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16), "AVX512")
+    monkeypatch.setattr(modeling_kernels, "cpu_capability", lambda: "AVX512")
+    query = torch.zeros(2, 4, 6, 8, dtype=torch.bfloat16)
+    assert modeling_kernels.attention_function(loaded.config, query, False, eager_attention_forward) is (
+        eager_attention_forward)  # the kernel is still chosen per shape
+    monkeypatch.undo()
     out = loaded.generate(src, num_beams=4, max_new_tokens=8, min_new_tokens=8)
     assert out.shape == (2, 9)
 
@@ -76,8 +81,11 @@ def test_checkpoint_holds_weights_once_and_no_positional_tables(tmp_path):
     assert sum(k.endswith("embed_tokens.weight") or k in {"lm_head.weight", "model.shared.weight"} for k in keys) == 1
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "vanilla_transformer"
+    # Settings of training and of this process's kernels are not the model's.
+    assert not {"label_smoothing", "cpu_attention_by_shape", "attn_implementation"} & set(config)
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling.VanillaTransformerForConditionalGeneration"
-    assert (tmp_path / "modeling.py").is_file() and (tmp_path / "configuration.py").is_file()
+    assert all((tmp_path / name).is_file() for name in ("modeling.py", "configuration.py", "modeling_kernels.py",
+                                                         "modeling_compat.py"))
 
 
 def test_auto_classes_know_the_model(tmp_path):
@@ -98,7 +106,7 @@ def test_the_remote_code_files_shadow_no_installed_module(tmp_path):
     tiny_model().save_pretrained(tmp_path)
     train_tokenizer(texts=["ein Hund", "a dog"] * 4, vocab_size=300, show_progress=False).save_pretrained(tmp_path)
     shipped = sorted(path.stem for path in tmp_path.glob("*.py"))
-    assert {"modeling", "modeling_kernels", "configuration", "tokenization"} <= set(shipped)
+    assert {"modeling", "modeling_kernels", "modeling_compat", "configuration", "tokenization"} <= set(shipped)
     script = ("import importlib.util, json; "
               f"print(json.dumps({{n: bool(importlib.util.find_spec(n)) for n in {shipped!r}}}))")
     found = json.loads(subprocess.run([sys.executable, "-c", script], cwd=tmp_path.parent, capture_output=True,
@@ -174,3 +182,17 @@ def test_checkpoints_saved_by_earlier_code_give_the_same_logits(name):
     # The fixtures were made on an AVX2-only CPU; AVX-512 kernels sum in another order (1.2e-6 apart seen). A renamed
     # or mis-mapped weight moves the logits by far more than 1e-5.
     torch.testing.assert_close(logits, expected["logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_config_of_earlier_versions_loads_without_their_training_and_kernel_keys():
+    folder = Path(__file__).parent / "fixtures" / "tiny-post-norm"
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["label_smoothing"] == 0.1  # what the fixture holds
+    config = VanillaTransformerConfig.from_pretrained(folder)
+    assert not hasattr(config, "label_smoothing") and "label_smoothing" not in config.to_dict()
+    model = VanillaTransformerForConditionalGeneration(config)
+    assert model.config._attn_implementation == modeling_kernels.SDPA_BY_SHAPE
+    # cpu_attention_by_shape=False, which earlier versions wrote, asked for SDPA at every shape.
+    switched_off = VanillaTransformerConfig.from_dict({**saved, "cpu_attention_by_shape": False})
+    assert VanillaTransformerForConditionalGeneration(switched_off).config._attn_implementation == "sdpa"
+    assert "cpu_attention_by_shape" not in switched_off.to_dict()

@@ -50,17 +50,21 @@ class VanillaTransformerConfig(PretrainedConfig):
         add_final_logits_bias=False,  # a fixed bias added to the logits (Marian checkpoints carry one)
         norm_first=False,  # False: post-norm LayerNorm(x + Sublayer(x)) as in the paper; True: pre-norm with a final LayerNorm per stack
         layer_norm_eps=1e-5,  # epsilon of every LayerNorm
-        label_smoothing=0.1,  # epsilon_ls of the training loss (Section 5.4)
         init_std=None,  # std of the embedding init; None = d_model ** -0.5
         pad_token_id=0,  # <pad>
         bos_token_id=1,  # <s>
         eos_token_id=2,  # </s>
         decoder_start_token_id=1,  # first decoder input: <s>
         use_cache=True,  # keep keys/values during generation
-        cpu_attention_by_shape=True,  # on CPU, plain attention where it beats SDPA on this CPU class (modeling_kernels.prefers_eager); False: SDPA
         **kwargs,
     ):
         kwargs.setdefault("is_encoder_decoder", True)
+        # Keys that config.json files of earlier versions carry. label_smoothing is a setting of the training loss,
+        # which the trainer computes (TrainingArguments.label_smoothing_factor); cpu_attention_by_shape=False meant
+        # SDPA at every shape, which attn_implementation="sdpa" asks for.
+        kwargs.pop("label_smoothing", None)
+        if kwargs.pop("cpu_attention_by_shape", True) is False and kwargs.get("attn_implementation") is None:
+            kwargs["attn_implementation"] = "sdpa"
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.decoder_vocab_size = decoder_vocab_size
@@ -82,20 +86,13 @@ class VanillaTransformerConfig(PretrainedConfig):
         self.add_final_logits_bias = add_final_logits_bias
         self.norm_first = norm_first
         self.layer_norm_eps = layer_norm_eps
-        self.label_smoothing = label_smoothing
         self.init_std = init_std
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.decoder_start_token_id = decoder_start_token_id
         self.use_cache = use_cache
-        self.cpu_attention_by_shape = cpu_attention_by_shape
         self.check()
-
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        output.pop("_attention_named", None)  # how this process loaded the model, not part of it
-        return output
 
     @property
     def target_vocab_size(self) -> int:
@@ -148,7 +145,7 @@ class VanillaTransformerConfig(PretrainedConfig):
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
-        for field in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
+        for field in ("dropout", "attention_dropout", "activation_dropout"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{field} must be a number in [0, 1), got {value!r}")

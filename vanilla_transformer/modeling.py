@@ -1,16 +1,19 @@
 """The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) in PyTorch.
 
-In the paper's order: positional encodings and embeddings (3.4, 3.5), attention (3.2), the feed-forward network (3.3),
-residual connections with LayerNorm and the encoder and decoder layers and stacks (3.1), then the model with its
-linear + softmax output (3.4), and the transformers hooks for loading and generate().
+In the paper's order: positional encodings (3.5), attention (3.2), the feed-forward network (3.3), the residual
+connection with LayerNorm around each sub-layer and the encoder and decoder layers (3.1); then the base class that
+initialises and loads the weights, the encoder and decoder stacks over the embedded tokens (3.1, 3.4), the model with
+its linear + softmax output (3.4), and the transformers hooks for generate().
 
-Everything the forward pass needs is in this file and the two beside it (configuration.py, and modeling_kernels.py:
-the CPU speed kernels, which change no result), so a Hub repo ships all three as remote code; they import only torch
-and transformers. (The kernels' file is not called kernels.py: run from a saved folder, that would shadow the
-`kernels` package that transformers imports.)
+Everything the forward pass needs is in this file and the three beside it (configuration.py; modeling_kernels.py, the
+CPU speed kernels, which change no result; modeling_compat.py, where transformers 4.57 and 5.x differ), so a Hub repo
+ships all four as remote code; they import only torch and transformers. (The kernels' file is not called kernels.py:
+run from a saved folder, that would shadow the `kernels` package that transformers imports.)
 """
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +28,19 @@ from transformers.modeling_outputs import (
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import can_return_tuple
 
 from .configuration import VanillaTransformerConfig
-from .modeling_kernels import LabelSmoothedCrossEntropy, apply_dropout, prefers_eager
-
-# transformers 5 renamed the cache argument and output field `past_key_values` to `cache`.
-CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+from .modeling_compat import (
+    DecoderTiedOutput,
+    OutputRecorder,
+    cache_of,
+    capture_outputs,
+    keep_own_parameter_names,
+    takes_cache,
+    with_cache,
+)
+from .modeling_kernels import SDPA_BY_SHAPE, LabelSmoothedCrossEntropy, apply_dropout, attention_function
 
 
 def sinusoidal_table(num_positions: int, d_model: int, layout: str = "interleaved") -> torch.Tensor:
@@ -75,119 +84,11 @@ def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_
         raise ValueError(f"{name} contains id {bad}, outside the vocabulary of {vocab_size} tokens")
 
 
-class TransformerStack(nn.Module):
-    """What the encoder and decoder share: token embeddings x sqrt(d_model) + positional encodings, then dropout."""
-
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__()
-        self.config = config
-        self.embed_tokens = embed_tokens
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        if config.position_embedding == "sinusoidal":
-            self.embed_positions = SinusoidalPositionalEncoding(config)
-        else:
-            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
-        # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
-        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
-
-    def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedded tokens at `positions` (0, 1, ... by default)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
-            inputs_embeds = self.embed_tokens(input_ids)
-        if positions is None:
-            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
-                             f"max_position_embeddings={self.config.max_position_embeddings}")
-        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
-        x = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
-        return apply_dropout(x, self.config.dropout, self.training)
-
-    def outputs(self, x: torch.Tensor, hidden_states: list, output_hidden_states) -> dict:
-        """The last layer's output (through the final LayerNorm of a pre-norm stack) and, if asked, every layer's."""
-        if self.layer_norm is not None:
-            x = self.layer_norm(x)
-        hidden_states = tuple(hidden_states) + (x,) if output_hidden_states else None
-        return {"last_hidden_state": x, "hidden_states": hidden_states}
-
-
 def fused_linear(d_model: int, parts: int) -> nn.Linear:
     """`parts` d_model x d_model projections in one matrix, so one matmul computes them all."""
     linear = nn.Linear(d_model, parts * d_model)
     linear.fused_parts = parts
     return linear
-
-
-class MultiHeadAttention(nn.Module):
-    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V) (Section 3.2.2).
-
-    The per-head projections are fused into one matrix: W^QKV for self-attention, W^Q and W^KV for encoder-decoder
-    attention, whose keys and values come from the encoder output ("memory").
-    """
-
-    def __init__(self, config: VanillaTransformerConfig, is_cross_attention: bool = False, layer_idx: int = 0):
-        super().__init__()
-        self.config = config
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.d_model // config.num_attention_heads
-        self.dropout = config.attention_dropout
-        self.is_cross_attention = is_cross_attention
-        self.layer_idx = layer_idx
-        if is_cross_attention:
-            self.q_proj = nn.Linear(config.d_model, config.d_model)
-            self.kv_proj = fused_linear(config.d_model, 2)
-        else:
-            self.qkv_proj = fused_linear(config.d_model, 3)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
-
-    def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
-        """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
-        batch, time, _ = x.shape
-        return x.view(batch, time, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-        cache: EncoderDecoderCache | None = None,
-        output_attentions: bool = False,
-        cache_position: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.is_cross_attention:
-            (q,) = self.split_heads(self.q_proj(x), 1)
-            if cache is not None and cache.is_updated.get(self.layer_idx):
-                # The encoder output does not change while decoding: its keys and values are computed once.
-                layer = cache.cross_attention_cache.layers[self.layer_idx]
-                k, v = layer.keys, layer.values
-            else:
-                k, v = self.split_heads(self.kv_proj(memory), 2)
-                if cache is not None:
-                    k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
-                    cache.is_updated[self.layer_idx] = True
-        else:
-            q, k, v = self.split_heads(self.qkv_proj(x), 3)
-            if cache is not None:
-                # A static cache writes the new keys at cache_position (transformers 4.57 reads it, 5.x counts itself).
-                k, v = cache.self_attention_cache.update(k, v, self.layer_idx, {"cache_position": cache_position})
-
-        # The kernel comes from transformers' AttentionInterface ("sdpa" by default; "eager", flash and flex too).
-        # Both lookups are spelled out: each major version recognises its own before set_attn_implementation works.
-        if output_attentions or self.config._attn_implementation == "eager" or prefers_eager(self.config, q):
-            attention = eager_attention_forward
-        elif hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5
-            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        else:  # transformers 4.57
-            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        out, weights = attention(
-            self, q, k, v, mask, dropout=self.dropout if self.training else 0.0, scaling=self.head_dim**-0.5,
-            is_causal=is_causal,
-        )
-        return self.out_proj(out.reshape(x.shape[0], x.shape[1], -1)), weights
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=False,
@@ -206,6 +107,79 @@ def eager_attention_forward(module, query, key, value, attention_mask, dropout=0
     return output.transpose(1, 2).contiguous(), weights
 
 
+class ScaledDotProductAttention(nn.Module):
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V of every head at once (Section 3.2.1), through the kernel
+    modeling_kernels.attention_function picks; returns the output and, from the eager kernel, the weights."""
+
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.dropout = config.attention_dropout
+        self.scaling = (config.d_model // config.num_attention_heads) ** -0.5
+
+    def forward(self, query, key, value, attention_mask=None, is_causal=False, output_attentions=False):
+        attention = attention_function(self.config, query, output_attentions, eager=eager_attention_forward)
+        return attention(self, query, key, value, attention_mask, dropout=self.dropout if self.training else 0.0,
+                         scaling=self.scaling, is_causal=is_causal)
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V) (Section 3.2.2).
+
+    The per-head projections are fused into one matrix: W^QKV for self-attention, W^Q and W^KV for encoder-decoder
+    attention, whose keys and values come from the encoder output.
+    """
+
+    def __init__(self, config: VanillaTransformerConfig, is_cross_attention: bool = False, layer_idx: int = 0):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.d_model // config.num_attention_heads
+        self.is_cross_attention = is_cross_attention
+        self.layer_idx = layer_idx
+        if is_cross_attention:
+            self.q_proj = nn.Linear(config.d_model, config.d_model)
+            self.kv_proj = fused_linear(config.d_model, 2)
+        else:
+            self.qkv_proj = fused_linear(config.d_model, 3)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.attention = ScaledDotProductAttention(config, layer_idx)
+
+    def split_heads(self, x: torch.Tensor, parts: int) -> tuple[torch.Tensor, ...]:
+        """(batch, time, parts * d_model) -> `parts` tensors of shape (batch, heads, time, head_dim)."""
+        batch, time, _ = x.shape
+        return x.view(batch, time, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+        cache_position: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.is_cross_attention:
+            (q,) = self.split_heads(self.q_proj(hidden_states), 1)
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                # The encoder output does not change while decoding: its keys and values are computed once.
+                layer = cache.cross_attention_cache.layers[self.layer_idx]
+                k, v = layer.keys, layer.values
+            else:
+                k, v = self.split_heads(self.kv_proj(encoder_hidden_states), 2)
+                if cache is not None:
+                    k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            q, k, v = self.split_heads(self.qkv_proj(hidden_states), 3)
+            if cache is not None:
+                # A static cache writes the new keys at cache_position (transformers 4.57 reads it, 5.x counts itself).
+                k, v = cache.self_attention_cache.update(k, v, self.layer_idx, {"cache_position": cache_position})
+        heads, _ = self.attention(q, k, v, attention_mask, is_causal=is_causal, output_attentions=output_attentions)
+        return self.out_proj(heads.reshape(hidden_states.shape[0], hidden_states.shape[1], -1))
+
+
 class FeedForward(nn.Module):
     """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, applied to each position separately and identically (Section 3.3)."""
 
@@ -221,162 +195,67 @@ class FeedForward(nn.Module):
         return self.fc2(x)
 
 
-class ResidualLayer(GradientCheckpointingLayer):
-    """What the encoder and decoder layers share: a residual connection around each sub-layer, with LayerNorm."""
+class SublayerConnection(nn.LayerNorm):
+    """LayerNorm(x + Sublayer(x)) (Section 3.1): the residual connection around one sub-layer, and its LayerNorm.
+
+    "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and normalized"
+    (Section 5.4). With config.norm_first the norm moves to the sub-layer's input: x + Sublayer(LayerNorm(x)). Its
+    parameters are the LayerNorm's, so the layers name it after its LayerNorm, as checkpoints and converters do.
+    """
 
     def __init__(self, config: VanillaTransformerConfig):
-        super().__init__()
+        super().__init__(config.d_model, eps=config.layer_norm_eps)
         self.norm_first = config.norm_first
         self.dropout = config.dropout
 
-    def residual(self, norm: nn.LayerNorm, sublayer: nn.Module, x: torch.Tensor, **kwargs):
-        """LayerNorm(x + Sublayer(x)) (Section 3.1); returns it with the sub-layer's attention weights, if any.
-
-        "We apply dropout to the output of each sub-layer, before it is added to the sub-layer input and normalized"
-        (Section 5.4). With config.norm_first the norm moves to the sub-layer's input: x + Sublayer(LayerNorm(x)).
-        """
-        output = sublayer(norm(x) if self.norm_first else x, **kwargs)
-        output, weights = output if isinstance(output, tuple) else (output, None)
-        x = x + apply_dropout(output, self.dropout, self.training)
-        return (x if self.norm_first else norm(x)), weights
+    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.norm_first:
+            return x + apply_dropout(sublayer(super().forward(x)), self.dropout, self.training)
+        return super().forward(x + apply_dropout(sublayer(x), self.dropout, self.training))
 
 
-class EncoderLayer(ResidualLayer):
+class EncoderLayer(GradientCheckpointingLayer):
     """Self-attention, then a feed-forward network, each in a residual connection with LayerNorm (Section 3.1)."""
 
-    def __init__(self, config: VanillaTransformerConfig):
-        super().__init__(config)
-        self.self_attn = MultiHeadAttention(config)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int = 0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(config, layer_idx=layer_idx)
+        self.self_attn_layer_norm = SublayerConnection(config)
         self.ffn = FeedForward(config)
-        self.ffn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn_layer_norm = SublayerConnection(config)
 
-    def forward(self, x, mask=None, output_attentions=False):
-        x, weights = self.residual(self.self_attn_layer_norm, self.self_attn, x, mask=mask,
-                                   output_attentions=output_attentions)
-        x, _ = self.residual(self.ffn_layer_norm, self.ffn, x)
-        return x, weights
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False) -> torch.Tensor:
+        self_attention = partial(self.self_attn, attention_mask=attention_mask, output_attentions=output_attentions)
+        hidden_states = self.self_attn_layer_norm(hidden_states, self_attention)
+        return self.ffn_layer_norm(hidden_states, self.ffn)
 
 
-class DecoderLayer(ResidualLayer):
+class DecoderLayer(GradientCheckpointingLayer):
     """Masked self-attention, attention over the encoder output, then a feed-forward network (Section 3.1)."""
 
-    def __init__(self, config: VanillaTransformerConfig, layer_idx: int):
-        super().__init__(config)
+    def __init__(self, config: VanillaTransformerConfig, layer_idx: int = 0):
+        super().__init__()
         self.self_attn = MultiHeadAttention(config, layer_idx=layer_idx)
-        self.self_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.self_attn_layer_norm = SublayerConnection(config)
         self.cross_attn = MultiHeadAttention(config, is_cross_attention=True, layer_idx=layer_idx)
-        self.cross_attn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.cross_attn_layer_norm = SublayerConnection(config)
         self.ffn = FeedForward(config)
-        self.ffn_layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn_layer_norm = SublayerConnection(config)
 
-    def forward(self, x, memory, self_mask=None, is_causal=False, memory_mask=None, cache=None,
-                output_attentions=False, cache_position=None):
-        x, self_weights = self.residual(self.self_attn_layer_norm, self.self_attn, x, mask=self_mask,
-                                        is_causal=is_causal, cache=cache, output_attentions=output_attentions,
-                                        cache_position=cache_position)
-        x, cross_weights = self.residual(self.cross_attn_layer_norm, self.cross_attn, x, memory=memory,
-                                         mask=memory_mask, cache=cache, output_attentions=output_attentions)
-        x, _ = self.residual(self.ffn_layer_norm, self.ffn, x)
-        return x, self_weights, cross_weights
-
-
-class TransformerEncoder(TransformerStack):
-    """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
-
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens)
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
-                output_hidden_states=None, return_dict=True) -> BaseModelOutput:
-        # return_dict is there because generate() passes return_dict=True to the encoder; the output is always one.
-        x = self.embed(input_ids, inputs_embeds)
-        mask = attention_mask[:, None, None, :].bool() if attention_mask is not None else None
-        hidden_states, attentions = [], []
-        for layer in self.layers:
-            hidden_states.append(x)
-            x, weights = layer(x, mask=mask, output_attentions=bool(output_attentions))
-            attentions.append(weights)
-        return BaseModelOutput(**self.outputs(x, hidden_states, output_hidden_states),
-                               attentions=tuple(attentions) if output_attentions else None)
-
-
-def static_length(cache: EncoderDecoderCache | None) -> int | None:
-    """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
-    them all."""
-    layers = cache.self_attention_cache.layers if cache is not None else []
-    return getattr(layers[0], "max_cache_len", None) if layers else None
-
-
-class TransformerDecoder(TransformerStack):
-    """N identical layers that attend to the output so far (masked) and to the encoder output (Section 3.1)."""
-
-    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
-        super().__init__(config, embed_tokens)
-        self.layers = nn.ModuleList(DecoderLayer(config, layer_idx=i) for i in range(config.decoder_layers))
-
-    def self_attention_mask(self, attention_mask, positions: torch.Tensor, past_length, static_length: int | None):
-        """Where each decoder position may look: itself and what came before, minus padding.
-
-        A static cache (generate(cache_implementation="static"), for torch.compile) shows the attention all its
-        static_length slots, and those not yet written lie in the future, masked like it. Returns (mask, is_causal).
-        Otherwise, without padding, the common cases need no tensor at all: SDPA's is_causal for a whole sequence,
-        nothing for a single new token.
-        """
-        query_length = len(positions)
-        if attention_mask is None and static_length is None and (past_length == 0 or query_length == 1):
-            return None, query_length > 1
-        key_length = static_length or past_length + query_length
-        query_positions = positions[:, None]
-        key_positions = torch.arange(key_length, device=positions.device)[None, :]
-        mask = (key_positions <= query_positions)[None, None]
-        if attention_mask is not None:
-            if attention_mask.shape[1] != past_length + query_length:
-                raise ValueError(
-                    f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected "
-                    f"{int(past_length) + query_length} (cached {int(past_length)} + new {query_length})"
-                )
-            padding = F.pad(attention_mask.bool(), (0, key_length - attention_mask.shape[1]), value=True)
-            # A padded position still sees itself, so that no softmax row is empty.
-            mask = (mask & padding[:, None, None, :]) | (key_positions == query_positions)
-        return mask, False
-
-    def forward(self, input_ids=None, encoder_hidden_states=None, encoder_attention_mask=None, attention_mask=None,
-                inputs_embeds=None, cache=None, use_cache=False, output_attentions=None, output_hidden_states=None):
-        if use_cache and cache is None:
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if cache is not None and not isinstance(cache, EncoderDecoderCache):
-            raise TypeError(f"the decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}")
-        # An int, or a tensor for a static cache, which keeps its length on the device.
-        past_length = cache.get_seq_length() if cache is not None else 0
-        query_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        device = self.embed_tokens.weight.device
-        positions = past_length + torch.arange(query_length, device=device)
-        x = self.embed(input_ids, inputs_embeds, positions)
-        self_mask, is_causal = self.self_attention_mask(attention_mask, positions, past_length, static_length(cache))
-        memory_mask = encoder_attention_mask[:, None, None, :].bool() if encoder_attention_mask is not None else None
-
-        hidden_states, self_attentions, cross_attentions = [], [], []
-        for layer in self.layers:
-            hidden_states.append(x)
-            # The tensors that need gradients go by position, as checkpointing with use_reentrant=True requires.
-            x, self_weights, cross_weights = layer(
-                x, encoder_hidden_states, self_mask=self_mask, is_causal=is_causal, memory_mask=memory_mask,
-                cache=cache, output_attentions=bool(output_attentions), cache_position=positions,
-            )
-            self_attentions.append(self_weights)
-            cross_attentions.append(cross_weights)
-        return BaseModelOutputWithPastAndCrossAttentions(
-            **self.outputs(x, hidden_states, output_hidden_states),
-            attentions=tuple(self_attentions) if output_attentions else None,
-            cross_attentions=tuple(cross_attentions) if output_attentions else None,
-            **{CACHE_FIELD: cache if use_cache else None},
-        )
+    def forward(self, hidden_states, encoder_hidden_states, attention_mask=None, is_causal=False,
+                encoder_attention_mask=None, cache=None, output_attentions=False, cache_position=None) -> torch.Tensor:
+        self_attention = partial(self.self_attn, attention_mask=attention_mask, is_causal=is_causal, cache=cache,
+                                 output_attentions=output_attentions, cache_position=cache_position)
+        cross_attention = partial(self.cross_attn, encoder_hidden_states=encoder_hidden_states,
+                                  attention_mask=encoder_attention_mask, cache=cache,
+                                  output_attentions=output_attentions)
+        hidden_states = self.self_attn_layer_norm(hidden_states, self_attention)
+        hidden_states = self.cross_attn_layer_norm(hidden_states, cross_attention)
+        return self.ffn_layer_norm(hidden_states, self.ffn)
 
 
 class VanillaTransformerPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and loading for the Transformer models."""
+    """Weight initialisation, loading and the attention kernel's default for the Transformer models."""
 
     config_class = VanillaTransformerConfig
     base_model_prefix = "model"
@@ -387,27 +266,25 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     # Parameters saved under another name by earlier versions (old -> new), read by from_pretrained.
     renamed_parameters = {"final_layer_norm": "ffn_layer_norm"}
 
+    def __init__(self, config: VanillaTransformerConfig, *inputs, **kwargs):
+        if config._attn_implementation is None:
+            # Nothing asked for by name: SDPA, with plain matmuls on CPU where they are faster for the shape.
+            config._attn_implementation = SDPA_BY_SHAPE
+        super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # set_attn_implementation looks for transformers' own kernel lookup in the model's source file; this model
+        # looks its kernels up in modeling_kernels.attention_function.
+        return True
+
     @classmethod
     def from_pretrained(cls, *args, key_mapping=None, **kwargs):
         """from_pretrained, also reading checkpoints saved under the names in renamed_parameters."""
         loaded = super().from_pretrained(*args, key_mapping={**cls.renamed_parameters, **(key_mapping or {})},
                                          **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        # transformers 5 would save under the old names again, reversing the mapping it loaded with.
-        model._weight_conversions = None
+        keep_own_parameter_names(loaded[0] if isinstance(loaded, tuple) else loaded)
         return loaded
-
-    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
-        # transformers' hook that resolves attn_implementation. The first model built on a config sees what the user
-        # asked for (None: nothing), the encoder-decoder inside it the answer. A kernel asked for by name is used at
-        # every shape; only the default lets modeling_kernels.prefers_eager choose per shape on CPU.
-        if not is_init_check or not hasattr(self.config, "_attention_named"):
-            self.config._attention_named = requested_attention is not None
-        return super().get_correct_attn_implementation(requested_attention, is_init_check)
-
-    def set_attn_implementation(self, attn_implementation):
-        super().set_attn_implementation(attn_implementation)
-        self.config._attention_named = True  # also when it names the kernel already in use
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         """torch's load_state_dict (the Trainer resumes through it), also under the names in renamed_parameters."""
@@ -445,6 +322,150 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
                 module.final_logits_bias.zero_()
 
 
+def key_padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A (batch, keys) padding mask of 1s and 0s as (batch, 1, 1, keys) booleans: which keys every query may see."""
+    return attention_mask[:, None, None, :].bool() if attention_mask is not None else None
+
+
+class TransformerStack(VanillaTransformerPreTrainedModel):
+    """N identical layers over the embedded tokens (Section 3.1); a pre-norm stack ends with a LayerNorm.
+
+    Tokens enter as their embeddings x sqrt(d_model) plus the positional encodings, then dropout (Sections 3.4, 3.5,
+    5.4). The encoder and the decoder name their kind of layer and run them. The model that holds the stack
+    initialises its weights (post_init), in one pass over all modules.
+    """
+
+    layer_class: type[nn.Module]
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding, num_layers: int):
+        super().__init__(config)
+        self.embed_tokens = embed_tokens
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        if config.position_embedding == "sinusoidal":
+            self.embed_positions = SinusoidalPositionalEncoding(config)
+        else:
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.d_model)
+        # Pre-norm stacks end with a LayerNorm, since their last residual sum is never normalised otherwise.
+        self.layer_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm_first else None
+        self.layers = nn.ModuleList(self.layer_class(config, layer_idx=i) for i in range(num_layers))
+
+    def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedded tokens at `positions` (0, 1, ... by default)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
+            inputs_embeds = self.embed_tokens(input_ids)
+        if positions is None:
+            positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
+            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
+                             f"max_position_embeddings={self.config.max_position_embeddings}")
+        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
+        hidden_states = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
+        return apply_dropout(hidden_states, self.config.dropout, self.training)
+
+    def final_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The last layer's output, through the final LayerNorm of a pre-norm stack."""
+        return self.layer_norm(hidden_states) if self.layer_norm is not None else hidden_states
+
+
+class TransformerEncoder(TransformerStack):
+    """N identical layers of self-attention and feed-forward over the embedded source (Section 3.1)."""
+
+    layer_class = EncoderLayer
+    # What capture_outputs records when output_hidden_states / output_attentions ask for it.
+    _can_record_outputs = {"hidden_states": EncoderLayer, "attentions": ScaledDotProductAttention}
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.encoder_layers)
+
+    @capture_outputs
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, output_attentions=None,
+                output_hidden_states=None) -> BaseModelOutput:
+        # output_hidden_states is capture_outputs' to read; output_attentions also picks the kernel that has weights.
+        hidden_states = self.embed(input_ids, inputs_embeds)
+        attention_mask = key_padding_mask(attention_mask)
+        output_attentions = bool(output_attentions)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=attention_mask, output_attentions=output_attentions)
+        return BaseModelOutput(last_hidden_state=self.final_norm(hidden_states))
+
+
+def static_length(cache: EncoderDecoderCache | None) -> int | None:
+    """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
+    them all."""
+    layers = cache.self_attention_cache.layers if cache is not None else []
+    return getattr(layers[0], "max_cache_len", None) if layers else None
+
+
+class TransformerDecoder(TransformerStack):
+    """N identical layers that attend to the output so far (masked) and to the encoder output (Section 3.1)."""
+
+    layer_class = DecoderLayer
+    # What capture_outputs records when output_hidden_states / output_attentions ask for it.
+    _can_record_outputs = {
+        "hidden_states": DecoderLayer,
+        "attentions": OutputRecorder(ScaledDotProductAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(ScaledDotProductAttention, index=1, layer_name="cross_attn"),
+    }
+
+    def __init__(self, config: VanillaTransformerConfig, embed_tokens: nn.Embedding):
+        super().__init__(config, embed_tokens, config.decoder_layers)
+
+    def self_attention_mask(self, attention_mask, positions: torch.Tensor, past_length, static_length: int | None):
+        """Where each decoder position may look: itself and what came before, minus padding.
+
+        A static cache (generate(cache_implementation="static"), for torch.compile) shows the attention all its
+        static_length slots, and those not yet written lie in the future, masked like it. Returns (mask, is_causal).
+        Otherwise, without padding, the common cases need no tensor at all: SDPA's is_causal for a whole sequence,
+        nothing for a single new token.
+        """
+        query_length = len(positions)
+        if attention_mask is None and static_length is None and (past_length == 0 or query_length == 1):
+            return None, query_length > 1
+        key_length = static_length or past_length + query_length
+        query_positions = positions[:, None]
+        key_positions = torch.arange(key_length, device=positions.device)[None, :]
+        mask = (key_positions <= query_positions)[None, None]
+        if attention_mask is not None:
+            if attention_mask.shape[1] != past_length + query_length:
+                raise ValueError(
+                    f"decoder_attention_mask covers {attention_mask.shape[1]} positions, expected "
+                    f"{int(past_length) + query_length} (cached {int(past_length)} + new {query_length})"
+                )
+            padding = F.pad(attention_mask.bool(), (0, key_length - attention_mask.shape[1]), value=True)
+            # A padded position still sees itself, so that no softmax row is empty.
+            mask = (mask & padding[:, None, None, :]) | (key_positions == query_positions)
+        return mask, False
+
+    @capture_outputs
+    def forward(self, input_ids=None, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                cache=None, inputs_embeds=None, use_cache=False, output_attentions=None,
+                output_hidden_states=None) -> BaseModelOutputWithPastAndCrossAttentions:
+        # output_hidden_states is capture_outputs' to read; output_attentions also picks the kernel that has weights.
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise TypeError(f"the decoder cache must be an EncoderDecoderCache, got {type(cache).__name__}")
+        # An int, or a tensor for a static cache, which keeps its length on the device.
+        past_length = cache.get_seq_length() if cache is not None else 0
+        query_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        positions = past_length + torch.arange(query_length, device=self.embed_tokens.weight.device)
+        hidden_states = self.embed(input_ids, inputs_embeds, positions)
+        causal_mask, is_causal = self.self_attention_mask(attention_mask, positions, past_length, static_length(cache))
+        encoder_attention_mask = key_padding_mask(encoder_attention_mask)
+        for layer in self.layers:
+            # The tensors that need gradients go by position, as checkpointing with use_reentrant=True requires.
+            hidden_states = layer(
+                hidden_states, encoder_hidden_states, attention_mask=causal_mask, is_causal=is_causal,
+                encoder_attention_mask=encoder_attention_mask, cache=cache, output_attentions=bool(output_attentions),
+                cache_position=positions,
+            )
+        return with_cache(BaseModelOutputWithPastAndCrossAttentions, cache if use_cache else None,
+                          last_hidden_state=self.final_norm(hidden_states))
+
+
 class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
     """The bare encoder-decoder, returning the decoder's last hidden states."""
 
@@ -480,6 +501,8 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
     def get_decoder(self) -> TransformerDecoder:
         return self.decoder
 
+    @can_return_tuple
+    @takes_cache
     def forward(
         self,
         input_ids=None,
@@ -493,11 +516,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
-        return_dict=None,
-        past_key_values=None,
-        **kwargs,
     ) -> Seq2SeqModelOutput:
-        cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else (cache is not None)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -512,25 +531,26 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            attention_mask=decoder_attention_mask,
-            inputs_embeds=decoder_inputs_embeds,
             cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        output = Seq2SeqModelOutput(
+        return with_cache(
+            Seq2SeqModelOutput,
+            cache_of(decoder_outputs),
             last_hidden_state=decoder_outputs.last_hidden_state,
             decoder_hidden_states=decoder_outputs.hidden_states,
             decoder_attentions=decoder_outputs.attentions,
             cross_attentions=decoder_outputs.cross_attentions,
-            **{CACHE_FIELD: getattr(decoder_outputs, CACHE_FIELD)},
-            # encoder_last_hidden_state, encoder_hidden_states, encoder_attentions
-            **{f"encoder_{name}": value for name, value in encoder_outputs.items()},
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -541,8 +561,8 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return decoder_input_ids.masked_fill_(decoder_input_ids == -100, pad_token_id)
 
 
-class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
-    """The encoder-decoder with the linear + softmax output layer, label-smoothed loss and generate()."""
+class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTransformerPreTrainedModel, GenerationMixin):
+    """The encoder-decoder with the linear + softmax output layer, the cross-entropy loss and generate()."""
 
     # Trainer passes num_items_in_batch (target tokens in the whole accumulated update), so that batches of
     # different sizes are weighted by their tokens, as fairseq does.
@@ -567,12 +587,6 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         self.generation_config.early_stopping = True
         self.generation_config.max_length_offset = 50
         self.generation_config._from_model_config = False  # it is ours now: keep it whole when saved and loaded
-
-    def _tie_weights(self) -> None:
-        # transformers 4.x ties the output projection to get_input_embeddings(), the encoder's; it belongs to the
-        # decoder's (5.x reads _tied_weights_keys instead and never calls this).
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.decoder.embed_tokens.weight
 
     def get_encoder(self, modality=None) -> TransformerEncoder:
         return self.model.encoder
@@ -599,18 +613,43 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
-    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, labels=None,
-                num_items_in_batch=None, return_dict=None, **kwargs) -> Seq2SeqLMOutput:
-        """The encoder-decoder's outputs with the logits over the target vocabulary and, given labels, the loss.
-
-        The other arguments are VanillaTransformerModel.forward's (cache, encoder_outputs, output_attentions, ...).
-        """
+    @can_return_tuple
+    @takes_cache
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        decoder_input_ids=None,
+        decoder_attention_mask=None,
+        encoder_outputs=None,
+        cache=None,
+        inputs_embeds=None,
+        decoder_inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        num_items_in_batch=None,
+    ) -> Seq2SeqLMOutput:
+        """The encoder-decoder's outputs with the logits over the target vocabulary and, given labels, the loss."""
         if labels is not None:
             check_token_ids("labels", labels, self.config.target_vocab_size, allow_ignore_index=True)
-            kwargs["use_cache"] = False
-            if decoder_input_ids is None and kwargs.get("decoder_inputs_embeds") is None:
+            use_cache = False
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        outputs = self.model(input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, **kwargs)
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         # "We ... use the usual learned linear transformation and softmax function to convert the decoder output to
         # predicted next-token probabilities" (Section 3.4); the softmax is left to the loss and to generate().
         logits = self.lm_head(outputs.last_hidden_state)
@@ -619,12 +658,23 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         loss = None
         if labels is not None:
-            # Label smoothing of value 0.1: "This hurts perplexity ... but improves accuracy and BLEU" (Section 5.4).
-            loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.config.label_smoothing)
+            # Plain cross-entropy, as transformers' seq2seq models return. Label smoothing of value 0.1, which "hurts
+            # perplexity ... but improves accuracy and BLEU" (Section 5.4), is a setting of training: the trainer
+            # smooths the logits' loss (TrainingArguments.label_smoothing_factor).
+            loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), 0.0)
             loss = loss / (num_items_in_batch or (labels != -100).sum())
-        decoder_outputs = {name: value for name, value in outputs.items() if name != "last_hidden_state"}
-        output = Seq2SeqLMOutput(loss=loss, logits=logits, **decoder_outputs)
-        return output if return_dict is not False else output.to_tuple()
+        return with_cache(
+            Seq2SeqLMOutput,
+            cache_of(outputs),
+            loss=loss,
+            logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):
         """generate()'s hook for compilable (static) caches: the decoder builds its masks itself, from the 2-D

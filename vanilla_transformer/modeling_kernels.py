@@ -2,9 +2,10 @@
 
 - LabelSmoothedCrossEntropy: the loss and its gradient in one pass per chunk of rows, in fp32 whatever the logits'.
 - InvertedDropout: dropout whose mask costs a quarter of the random draws.
-- prefers_eager: the attention kernel per shape and CPU class (plain matmuls or SDPA), from measurements.
+- attention_function: the attention kernel of each call; by default per shape and CPU class (prefers_eager: plain
+  matmuls or SDPA), from measurements.
 
-Ships beside modeling.py as Hub remote code; imports only torch.
+Ships beside modeling.py as Hub remote code; imports only torch and transformers (through modeling_compat).
 """
 
 import functools
@@ -12,6 +13,15 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .modeling_compat import attention_interface
+
+# The model's default attn_implementation: SDPA, and on CPU plain matmuls where prefers_eager finds them faster. It is
+# registered under a name of its own, so that any kernel asked for by name, "sdpa" included, is used at every shape.
+SDPA_BY_SHAPE = "sdpa_by_shape"
+AttentionInterface.register(SDPA_BY_SHAPE, ALL_ATTENTION_FUNCTIONS["sdpa"])
 
 
 class LabelSmoothedCrossEntropy(torch.autograd.Function):
@@ -95,17 +105,27 @@ def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
     return [slice(start, start + step) for start in range(0, len(logits), step)]
 
 
-def prefers_eager(config, query: torch.Tensor, capability: str | None = None) -> bool:
+def attention_function(config, query: torch.Tensor, output_attentions: bool, eager):
+    """The attention kernel for this call, a function of transformers' AttentionInterface signature.
+
+    `eager` (the model's plain matmul-softmax-matmul, the only kernel that returns the weights) when the weights are
+    asked for, or under the default SDPA_BY_SHAPE where prefers_eager finds it faster for this query; otherwise the
+    kernel config._attn_implementation names ("sdpa", "eager", flash, flex), at every shape.
+    """
+    name = config._attn_implementation
+    if output_attentions or (name == SDPA_BY_SHAPE and prefers_eager(query)):
+        return eager
+    return attention_interface(name, eager)
+
+
+def prefers_eager(query: torch.Tensor, capability: str | None = None) -> bool:
     """Whether plain matmul-softmax-matmul beats SDPA for this query on this CPU (benchmarks/bench_attention.py).
 
-    Only for the default kernel: not when attn_implementation was asked for by name (the model then uses it at every
-    shape), nor with config.cpu_attention_by_shape=False. `capability` is torch's name for the CPU's vector
-    instructions (torch.backends.cpu.get_cpu_capability(), which ATEN_CPU_CAPABILITY overrides); the crossings were
-    measured on an AVX-512 BF16 CPU and an AVX2-only one, and any other CPU keeps SDPA. docs/performance.md has the
-    tables.
+    `capability` is torch's name for the CPU's vector instructions (torch.backends.cpu.get_cpu_capability(), which
+    ATEN_CPU_CAPABILITY overrides); the crossings were measured on an AVX-512 BF16 CPU and an AVX2-only one, and any
+    other CPU, like any other device, keeps SDPA. docs/performance.md has the tables.
     """
-    if (config._attn_implementation != "sdpa" or not query.is_cpu or not config.cpu_attention_by_shape
-            or getattr(config, "_attention_named", False)):
+    if not query.is_cpu:
         return False
     capability = capability or cpu_capability()
     batch, _, query_length, _ = query.shape
