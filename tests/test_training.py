@@ -387,6 +387,7 @@ def test_finetune_example_continues_training_through_remote_code(small_corpus, t
         "--max_steps", "6", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
         "--learning_rate", "1e-3", "--predict_with_generate", "--generation_num_beams", "2",
         "--generation_max_length", "40", "--report_to", "none", "--use_cpu", "--save_strategy", "no",
+        "--trust_remote_code", "True",  # the model's code runs only when asked
     ]
     script = (
         "import runpy, sys\n"
