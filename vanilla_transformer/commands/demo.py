@@ -18,13 +18,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..hub.card import render_card
     from ..training.recipe import load_recipe
-    from ..training.run import train
+    from ..training.run import earlier_run, made_by, train
 
     recipe = load_recipe(args.recipe, (QUICK if args.quick else []) + args.set)
     if args.quick:
         recipe.output_dir = str(recipe.run_dir) + "-quick"
     print(f"recipe {args.recipe}{' (--quick smoke run)' if args.quick else ''}, run folder {recipe.run_dir}")
-    results = train(recipe, overwrite=True)  # the demo's own folder: a new demo replaces the last one
+    # A new demo replaces the last demo's run, never one that `train` made in the same folder (the same recipe).
+    if earlier_run(recipe.run_dir) and made_by(recipe.run_dir) != NAME:
+        raise FileExistsError(f"{recipe.run_dir} holds a run that the demo did not make (a `train` run of the same "
+                              "recipe?), which the demo does not replace: move it, or run the demo in another folder "
+                              "(--set output_dir=runs/demo)")
+    results = train(recipe, overwrite=True, command=NAME)
     render_card(recipe.run_dir)
     test = results.test
     for example in test.examples:

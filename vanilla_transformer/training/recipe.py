@@ -173,6 +173,8 @@ class Recipe:
             ("data.max_length", d.max_length is None or d.max_length <= positions,
              f"at most the model's max_position_embeddings ({positions}), the longest pair it can take, or null"),
             ("data.max_ratio", d.max_ratio is None or d.max_ratio >= 1, "at least 1, or null"),
+            ("data.validation_size", d.validation_size is None or d.validation_size > 0, "positive, or null for all"),
+            ("data.test_size", d.test_size is None or d.test_size > 0, "positive, or null for all"),
         ]
         for key, holds, expected in rules:
             if not holds:
@@ -187,14 +189,57 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def changes_refused_on_resume(self, earlier: "Recipe") -> list[str]:
+        """`key: earlier -> now` for each key whose value differs from the earlier recipe of the run being resumed
+        and made its checkpoints: every key but RESUMABLE's."""
+        now, before = flat(self.to_dict()), flat(earlier.to_dict())
+
+        def shown(values: dict, key: str) -> str:
+            return repr(values[key]) if key in values else "unset"
+
+        return [f"{key}: {shown(before, key)} -> {shown(now, key)}" for key in sorted(now.keys() | before.keys())
+                if (key not in now or key not in before or now[key] != before[key]) and not resumable(key)]
+
+
+# What a resumed run may change: its name and folder, how long it trains, how often it logs, evaluates and saves, what
+# it evaluates on and how it decodes, and what is done after training. The rest made the checkpoints (the data and its
+# cleaning, the tokenizer, the model, the batches, the loss and the optimiser, whose state is restored from the
+# checkpoint with its own learning rates and betas) and must stay as the run's recipe.json records it.
+RESUMABLE = (
+    "name", "output_dir", "average_last", "data.validation_size", "data.test", "data.test_size", "data.num_proc",
+    "training.epochs", "training.max_steps", "training.max_minutes", "training.logging_steps", "training.eval_steps",
+    "training.save_steps", "training.save_total_limit", "training.log_batches", "training.ddp_timeout", "generation.",
+)
+
+
+def resumable(key: str) -> bool:
+    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in RESUMABLE)
+
+
+def flat(values: dict, prefix: str = "") -> dict:
+    """A nested dict as one level of dotted keys (model.overrides.activation)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """A recipe from YAML (configs/) or JSON (a run folder's recipe.json), with `section.key=value` overrides (values
     parsed as YAML)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    # JSON is read as JSON: YAML 1.1 would take the 1e-09 that json.dumps writes for a float for a string.
-    raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    try:
+        # JSON is read as JSON: YAML 1.1 would take the 1e-09 that json.dumps writes for a float for a string.
+        raw = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
+    except (ValueError, yaml.YAMLError) as error:  # the error says where: line and column
+        raise RecipeError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections (data, model, training...), got a "
+                          f"{type(raw).__name__}")
     raw.setdefault("name", path.stem)
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -202,9 +247,15 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             raise ValueError(f"--set {override!r}: expected section.key=value")
         *sections, last = key.split(".")
         target = raw
-        for section in sections:
+        for depth, section in enumerate(sections, start=1):
             target = target.setdefault(section, {})
-        target[last] = yaml.safe_load(value)
+            if not isinstance(target, dict):
+                raise RecipeError(f"--set {override}: {'.'.join(sections[:depth])} is {target!r}, not a section "
+                                  "with keys")
+        try:
+            target[last] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"--set {override}: the value is not valid YAML: {error}") from None
     move_label_smoothing(raw)
     recipe = build(Recipe, raw, "recipe")
     recipe.check()

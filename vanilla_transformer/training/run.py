@@ -1,6 +1,7 @@
 """One training run from a recipe, in named steps: the run folder, the data, the model in its trainer, training, the
 final model, its test score, and what the folder keeps of the run (results.json, log.csv, curves.png)."""
 
+import contextlib
 import json
 import logging
 import shutil
@@ -16,13 +17,15 @@ from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
 from ..model_folder import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..results import RunResults, SplitScore
-from .average import average_checkpoints
+from .average import averaged_model
 from .checkpoints import last_checkpoints, resume_checkpoint
 from .plots import plot_curves
 from .prepare import PreparedData, prepare_data, process_state
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError, load_recipe
+from .run_lock import run_folder_owned
 from .schedule import base_lr
-from .trainer import TranslationTrainer, bleu_metric_fn
+from .staging import replaced_whole
+from .trainer import TrainingDiverged, TranslationTrainer, bleu_metric_fn
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,9 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         use_cpu=not torch.cuda.is_available(),
         fp16=precision == "fp16",
         logging_steps=t.logging_steps,
+        # The Trainer's default (True) logs a NaN loss as the mean of the losses before it since the last log: 0.0
+        # right after a log. It also reads every micro-batch's loss on the host to decide. FiniteUpdates stops the run.
+        logging_nan_inf_filter=False,
         eval_strategy="steps",
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -72,43 +78,65 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
     )
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> RunResults | None:
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command: str = "train"
+          ) -> RunResults | None:
     """Train, evaluate and write the run folder: model, tokenizer, results.json, log.csv, curves.png.
 
-    Returns the results in the main process, None in the others of a multi-process launch. A new run refuses a
-    folder that holds an earlier one (its checkpoints would be averaged with the new ones, its model published with
-    the new recipe), unless told to resume it or to overwrite it. Overwriting deletes the earlier run only once the
-    recipe and its data have loaded, so a mistyped value or path loses nothing.
+    Returns the results in the main process, None in the others of a multi-process launch. The main process holds
+    the run folder's lock throughout: another run in the same folder is refused. A new run refuses a folder that
+    holds an earlier one (its checkpoints would be averaged with the new ones, its model published with the new
+    recipe), unless told to resume it or to overwrite it. Overwriting deletes the earlier run only once the recipe and
+    its data have loaded, so a mistyped value or path loses nothing. The folder keeps the command that made the run
+    (the demo replaces only runs of its own).
     """
     recipe.check()
-    replaced = earlier_run_to_replace(recipe.run_dir, resume, overwrite)
-    checkpoint = resume_checkpoint(recipe.run_dir) if resume else None
-    data_source = recipe.data_source()
-    config = recipe.model.config()  # a value the model cannot take fails here, before the data path
-    transformers.set_seed(recipe.training.seed)
-    started = time.perf_counter()
-    data = prepare_data(recipe, data_source, recipe.run_dir / "tokenizer" if resume else None,
-                        config.max_position_embeddings)
-    open_run_folder(recipe, data, replaced)
-    take_vocabulary(config, data.tokenizer, recipe.model.overrides)
-    trainer = make_trainer(recipe, config, data)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
-    if not trainer.is_world_process_zero():
-        return None  # the run folder is the main process's to write
-    model, averaged = save_final_model(trainer, recipe)
-    results = run_results(recipe, trainer, data, model, averaged, train_seconds)
-    if recipe.data.test:
-        results.test = score_test_split(recipe, model, data)
-    write_run_record(recipe, results, trainer.state.log_history)
-    return results
+    state = process_state(recipe.training.ddp_timeout)
+    with run_folder_owned(recipe.run_dir) if state.is_main_process else contextlib.nullcontext():
+        replaced = earlier_run_to_replace(recipe.run_dir, resume, overwrite)
+        checkpoint = resume_checkpoint(recipe.run_dir) if resume else None
+        if resume:
+            check_resumable(recipe)
+        data_source = recipe.data_source()
+        config = recipe.model.config()  # a value the model cannot take fails here, before the data path
+        transformers.set_seed(recipe.training.seed)
+        started = time.perf_counter()
+        data = prepare_data(recipe, data_source, recipe.run_dir / "tokenizer" if resume else None,
+                            config.max_position_embeddings)
+        check_training_pairs(recipe, data, config.max_position_embeddings)
+        open_run_folder(recipe, data, replaced, command)
+        take_vocabulary(config, data.tokenizer, recipe.model.overrides)
+        trainer = make_trainer(recipe, config, data)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except TrainingDiverged:
+            if trainer.is_world_process_zero():
+                write_log_csv(trainer.state.log_history, recipe.run_dir / "log.csv")  # the losses up to it
+            raise
+        train_seconds = time.perf_counter() - started
+        if not trainer.is_world_process_zero():
+            return None  # the run folder is the main process's to write
+        model, averaged = save_final_model(trainer, recipe)
+        results = run_results(recipe, trainer, data, model, averaged, train_seconds)
+        if recipe.data.test:
+            results.test = score_test_split(recipe, model, data)
+        write_run_record(recipe, results, trainer.state.log_history)
+        return results
+
+
+MADE_BY = "made-by.txt"  # the command that made the run in a folder: `train` or `demo`
 
 
 def earlier_run(run_dir: Path) -> list[Path]:
     """What an earlier run left in the folder: checkpoints, batch logs, and its results."""
     patterns = ["checkpoint-*", "batches-rank*.jsonl", "data-rank*.json", "model", "tokenizer", "results.json",
-                "log.csv", "curves.png", "*.hyp.*"]
+                "log.csv", "curves.png", "*.hyp.*", MADE_BY]
     return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
+
+
+def made_by(run_dir: Path) -> str | None:
+    """The command that made the run in the folder (None for a run of an earlier version, or none)."""
+    path = run_dir / MADE_BY
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
 
 
 def earlier_run_to_replace(run_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
@@ -121,9 +149,40 @@ def earlier_run_to_replace(run_dir: Path, resume: bool, overwrite: bool) -> list
     return [] if resume else earlier
 
 
-def open_run_folder(recipe: Recipe, data: PreparedData, replaced: list[Path]) -> None:
-    """The main process deletes the earlier run being replaced (the new one's data has loaded) and writes the recipe
-    and the tokenizer; then every process writes how its data path went."""
+def check_resumable(recipe: Recipe) -> None:
+    """A RecipeError naming each key that a resume may not change from the run's recipe.json (the data, tokenizer,
+    model, batches, loss or optimiser that made its checkpoints); what it may change is applied, and recorded when
+    the folder opens."""
+    recorded = recipe.run_dir / "recipe.json"
+    if not recorded.is_file():
+        logger.warning("%s: missing, so the recipe cannot be compared with the run's", recorded)
+        return
+    refused = recipe.changes_refused_on_resume(load_recipe(recorded))
+    if refused:
+        raise RecipeError(f"--resume: the recipe differs from the run's ({recorded}) in what made its checkpoints: "
+                          f"{'; '.join(refused)}. Resume with the run's values, or start a new run (--overwrite, or "
+                          "another --output-dir); a resume may change only how long the run trains (epochs, "
+                          "max_steps, max_minutes), how often it logs, evaluates and saves, its evaluation and "
+                          "decoding, and average_last")
+
+
+def check_training_pairs(recipe: Recipe, data: PreparedData, positions: int) -> None:
+    """A ValueError, before the run folder is touched, when cleaning left no training pair, naming its figures and
+    the settings behind them."""
+    if len(data.train_set):
+        return
+    d, dropped = recipe.data, data.cleaning
+    limit = min(length for length in (d.max_length, positions) if length is not None)
+    raise ValueError(
+        f"no training pairs are left after cleaning {d.source} ({d.train}): {dropped.get('too_long', 0)} dropped as "
+        f"longer than {limit} tokens on a side (data.max_length={d.max_length}, the model's "
+        f"max_position_embeddings={positions}), {dropped.get('bad_ratio', 0)} for a length ratio above "
+        f"data.max_ratio={d.max_ratio}; raise those settings (null turns them off)")
+
+
+def open_run_folder(recipe: Recipe, data: PreparedData, replaced: list[Path], command: str) -> None:
+    """The main process deletes the earlier run being replaced (the new one's data has loaded) and writes the recipe,
+    the tokenizer and the command that made the run; then every process writes how its data path went."""
     run_dir = recipe.run_dir
     state = process_state(recipe.training.ddp_timeout)
     if state.is_main_process:
@@ -131,6 +190,7 @@ def open_run_folder(recipe: Recipe, data: PreparedData, replaced: list[Path]) ->
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2), encoding="utf-8")
+        (run_dir / MADE_BY).write_text(command + "\n", encoding="utf-8")
         data.tokenizer.save_pretrained(run_dir / "tokenizer")
     state.wait_for_everyone()  # the others write in the folder once the earlier run is gone
     run_dir.mkdir(parents=True, exist_ok=True)  # on a machine that does not share the main one's disk too
@@ -176,16 +236,18 @@ def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: Prepare
 def save_final_model(trainer: TranslationTrainer, recipe: Recipe
                      ) -> tuple[VanillaTransformerForConditionalGeneration, list[str]]:
     """run_dir/model: the average of the last checkpoints (average_last) or the trained weights, with the tokenizer,
-    made portable. Returns the model and the names of the checkpoints averaged."""
-    final_dir = recipe.run_dir / "model"
+    made portable, written whole or not at all (a full disk is an OSError naming it, with no half-made folder).
+    Returns the model and the names of the checkpoints averaged."""
     checkpoints = last_checkpoints(recipe.run_dir, recipe.average_last) if recipe.average_last > 1 else []
-    if len(checkpoints) > 1:
-        model, averaged = average_checkpoints(checkpoints, final_dir), [p.name for p in checkpoints]
-    else:
-        trainer.save_model(final_dir)
-        model, averaged = trainer.model, []
-    trainer.processing_class.save_pretrained(final_dir)
-    make_portable(final_dir, (recipe.data.src, recipe.data.tgt))
+    averaged = [p.name for p in checkpoints] if len(checkpoints) > 1 else []
+    model = averaged_model(checkpoints) if averaged else trainer.model
+    with replaced_whole(recipe.run_dir / "model") as staging:
+        if averaged:
+            model.save_pretrained(staging)
+        else:
+            trainer.save_model(str(staging))
+        trainer.processing_class.save_pretrained(staging)
+        make_portable(staging, (recipe.data.src, recipe.data.tgt))
     return model, averaged
 
 

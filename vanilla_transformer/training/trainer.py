@@ -1,12 +1,16 @@
 """transformers' Seq2SeqTrainer, extended through its own hooks: token batches, the paper's schedule and its
-label-smoothed loss, throughput."""
+label-smoothed loss, a stop at the first non-finite update, checkpoints whose failed writes name the folder, the
+run's own logging, evaluation and save steps on a resume, throughput."""
 
 import json
 import logging
+import math
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
@@ -15,13 +19,18 @@ from transformers.trainer_callback import ExportableState
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .batching import token_batches
 from .schedule import noam_scheduler
+from .staging import WRITE_ERRORS, write_failure
 
 logger = logging.getLogger(__name__)
 
 
+class TrainingDiverged(ValueError):
+    """An update whose gradients are not finite numbers: the message names the update and what to lower."""
+
+
 class TranslationTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer with fairseq-style token batches, the Noam schedule, the label-smoothed loss
-    (args.label_smoothing_factor), and tokens/s and padding in the logs."""
+    (args.label_smoothing_factor), a stop at the first non-finite update, and tokens/s and padding in the logs."""
 
     def __init__(self, *args, micro_batch_tokens: int, warmup_steps: int, batch_log: Path | None = None,
                  max_minutes: float | None = None, **kwargs):
@@ -37,6 +46,8 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.log_clock = time.perf_counter()
         self.add_callback(SamplerEpoch(self))
         self.add_callback(TimeBudget(max_minutes))
+        self.add_callback(FiniteUpdates(self))
+        self.add_callback(RunSteps())
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
@@ -56,17 +67,31 @@ class TranslationTrainer(Seq2SeqTrainer):
             self.lr_scheduler = noam_scheduler(optimizer or self.optimizer, self.warmup_steps)
         return self.lr_scheduler
 
+    def _save_checkpoint(self, model, trial):
+        # The one hook around the whole checkpoint. A full disk fails in safetensors, torch.save or json with three
+        # kinds of errors: one OSError naming the checkpoint instead, and the half-written folder removed (a resume
+        # would skip it; it would only keep the disk full).
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except WRITE_ERRORS as error:
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise write_failure(folder, error) from error
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs["labels"]
-        self.tokens_since_log += int((labels != -100).sum()) + int(inputs["attention_mask"].sum())
+        # Counted on the device, read at the next log: no host sync per micro-batch.
+        self.tokens_since_log += (labels != -100).sum() + inputs["attention_mask"].sum()
         self.padded_since_log += labels.numel() + inputs["input_ids"].numel()
         return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and self.padded_since_log:
             seconds = time.perf_counter() - self.log_clock
-            logs["tokens_per_s"] = round(self.tokens_since_log / seconds, 1)
-            logs["padding_fraction"] = round(1 - self.tokens_since_log / self.padded_since_log, 4)
+            tokens = int(self.tokens_since_log)
+            logs["tokens_per_s"] = round(tokens / seconds, 1)
+            logs["padding_fraction"] = round(1 - tokens / self.padded_since_log, 4)
             self.tokens_since_log = self.padded_since_log = 0
             self.log_clock = time.perf_counter()
         super().log(logs, *args, **kwargs)
@@ -162,6 +187,56 @@ class TimeBudget(TrainerCallback, ExportableState):
     def state(self) -> dict:
         # Saved in each checkpoint's trainer_state.json; the budget itself comes from the recipe, also on resume.
         return {"args": {"max_minutes": self.max_minutes}, "attributes": {"seconds_before": round(self.seconds(), 1)}}
+
+
+class FiniteUpdates(TrainerCallback):
+    """Stops training at the first update whose gradients are not finite (a NaN or infinite loss makes them so),
+    before the optimizer takes it: no NaN weight is saved, averaged or trained on. Under fp16, whose loss scaler
+    skips such an update itself and halves its scale, the run stops after `scaler_skips` skipped in a row.
+
+    The check reads one number from the device per update, none per micro-batch. Every process of a launch sees the
+    same all-reduced gradients, so all of them stop at the same update.
+    """
+
+    scaler_skips = 16  # the fp16 scaler's initial 2**16 halved to 1: past that, the loss itself is not finite
+
+    def __init__(self, trainer: TranslationTrainer):
+        self.trainer = trainer
+        self.skipped_in_a_row = 0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.trainer.accelerator.scaler is not None:
+            return  # fp16: the scaler checks the (scaled) gradients and skips the update; on_step_end counts it
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients).item() if gradients else 0.0
+        if not math.isfinite(norm):
+            self.stop(state, state.global_step + 1, f"its gradient norm is {norm}", norm)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.accelerator.scaler is None:
+            return
+        skipped = self.trainer.accelerator.optimizer_step_was_skipped
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        if self.skipped_in_a_row >= self.scaler_skips:
+            self.stop(state, state.global_step, f"the fp16 loss scaler skipped the last {self.skipped_in_a_row} "
+                      "updates, whose gradients were not finite", math.nan)
+
+    def stop(self, state, update: int, what: str, grad_norm: float) -> None:
+        """Record the update in the log history (log.csv shows it) and raise TrainingDiverged."""
+        state.log_history.append({"step": update, "epoch": state.epoch, "grad_norm": grad_norm})
+        learning_rate = self.trainer.lr_scheduler.get_last_lr()[0]
+        raise TrainingDiverged(
+            f"training diverged at update {update} (learning rate {learning_rate:.3g}): {what}. Lower the learning "
+            "rate (training.lr_scale), raise training.warmup_steps or clip the gradients (training.max_grad_norm), "
+            "and start again with --overwrite; the run's checkpoints hold the weights of the updates before it")
+
+
+class RunSteps(TrainerCallback):
+    """On a resume, the logging, evaluation and save steps of this run's arguments rather than those in the
+    checkpoint's state, which transformers keeps (it only warns that they differ)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class BatchLoggingCollator:
