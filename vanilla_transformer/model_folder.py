@@ -4,10 +4,17 @@ translate in a Python where this package is not installed."""
 import json
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
 from transformers.dynamic_module_utils import custom_object_save
 
-from .pipeline import CUSTOM_PIPELINE, TASK, TranslationPipeline, language_task
+from .pipeline import CUSTOM_PIPELINE, LANGUAGE_TASK, TASK, TranslationPipeline, language_task
+
+# The files a tokenizer is saved as: a folder with none of them has no tokenizer (transformers then says to install
+# sentencepiece or tiktoken, which would not help).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "*.spm", "*.model")
+# The tokenizer files that are JSON, read first so that a broken one is named (transformers' error names none).
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 from .tokenization import VanillaTransformerTokenizer
 
 
@@ -30,9 +37,48 @@ def model_source(source: str | Path, needs: tuple[str, ...] = ("config.json",)) 
     return text
 
 
+def load_checked_model(source: str):
+    """The model saved in a folder (or Hub repo), refused with the folder named when its weights cannot be read or do
+    not fit its config.json (transformers would give a traceback, or newly initialised weights with a warning)."""
+    try:
+        model, loading = AutoModelForSeq2SeqLM.from_pretrained(source, ignore_mismatched_sizes=True,
+                                                               output_loading_info=True)
+    except SafetensorError as error:
+        raise ValueError(f"{source}: its safetensors weights cannot be read ({error}): the file is cut short or not "
+                         "safetensors; copy or download it again") from None
+    # transformers 5 gives (key, shape in the file, shape in the model) for a mismatch, transformers 4 the key only.
+    mismatched = [key[0] if isinstance(key, tuple) else key for key in loading["mismatched_keys"]]
+    for what, keys in (("have other shapes in the weights than config.json gives them", mismatched),
+                       ("are in config.json's model but missing from the weights", loading["missing_keys"]),
+                       ("are in the weights but not in config.json's model", loading["unexpected_keys"])):
+        if keys:
+            listed = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            raise ValueError(f"{source}: config.json does not describe these weights: {listed} {what}")
+    return model
+
+
+def model_direction(source: str) -> tuple[str, str] | None:
+    """The (source, target) languages a saved model translates where its config names them (custom_pipelines'
+    translation_XX_to_YY, as training writes it), else None."""
+    pipelines = PretrainedConfig.get_config_dict(source)[0].get("custom_pipelines") or {}
+    directions = {match.groups() for name in pipelines if (match := LANGUAGE_TASK.fullmatch(name))}
+    return directions.pop() if len(directions) == 1 else None
+
+
 def load_tokenizer(source: str, needed_for: str):
     """The tokenizer saved with a model, or a FileNotFoundError naming the folder (a Marian folder without its
-    .spm files makes transformers raise TypeError or ImportError, or return None)."""
+    .spm files makes transformers raise TypeError or ImportError, or return None), or a ValueError naming a broken
+    JSON file."""
+    folder = Path(source)
+    if folder.is_dir():
+        if not any(next(folder.glob(pattern), None) for pattern in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{source}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); {needed_for}")
+        for name in TOKENIZER_JSON_FILES:
+            if (folder / name).is_file():
+                try:
+                    json.loads((folder / name).read_text(encoding="utf-8"))
+                except ValueError as error:  # invalid JSON or UTF-8
+                    raise ValueError(f"{folder / name}: not a valid JSON file ({error}); {needed_for}") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, TypeError, ImportError) as error:

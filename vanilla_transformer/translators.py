@@ -3,9 +3,7 @@ generate() on a model folder, or CTranslate2 on a folder made by export-ctransla
 
 from collections.abc import Callable
 
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-from .model_folder import model_source
+from .model_folder import load_checked_model, load_tokenizer, model_source
 
 ENGINES = ("torch", "ctranslate2")
 
@@ -15,7 +13,7 @@ LineTranslator = Callable[..., list[str]]  # (lines, first_line=1) -> one transl
 def load_model(folder: str):
     """A model folder written by this package (or any folder of a transformers seq2seq model) and its tokenizer."""
     folder = model_source(folder)
-    return AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    return load_checked_model(folder).eval(), load_tokenizer(folder, "translating needs it")
 
 
 def line_translator(model: str, engine: str = "torch", *, num_beams: int, length_penalty: float, batch_size: int,

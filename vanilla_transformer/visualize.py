@@ -15,8 +15,12 @@ from .modeling import sinusoidal_table  # noqa: E402
 def cross_attention(model, tokenizer, source: str, layer: int | None = None, head: int | None = None, **generate_kwargs):
     """The translation of `source` and its cross-attention weights (target x source).
 
-    layer/head select one layer or head; None averages over them.
+    layer/head select one layer or head; None averages over them. One the model does not have is refused by number.
     """
+    config = model.config
+    for name, value, count in (("layer", layer, config.decoder_layers), ("head", head, config.num_attention_heads)):
+        if value is not None and not 0 <= value < count:
+            raise ValueError(f"--{name} {value}: the model has {count} decoder {name}s, numbered 0 to {count - 1}")
     model.eval()
     batch = tokenizer([source], return_tensors="pt")
     output = model.generate(**batch, **generate_kwargs)[0]
@@ -60,7 +64,7 @@ def plot_positional_encoding(path: str | Path, positions: int = 100, d_model: in
     image = top.imshow(table.numpy(), cmap="RdBu", aspect="auto")
     top.set(xlabel="dimension i", ylabel="position", title=f"sinusoidal positional encoding, d_model={d_model}")
     figure.colorbar(image, ax=top)
-    for dimension in (4, 20, 40, 80):  # sines of falling frequency
+    for dimension in [d for d in (4, 20, 40, 80) if d < d_model] or [0]:  # sines of falling frequency
         bottom.plot(table[:, dimension].numpy(), label=f"dim {dimension}")
     bottom.set(xlabel="position", ylabel="PE")
     bottom.legend()

@@ -2,13 +2,15 @@
 
 import argparse
 
+from .argument_types import positive_int
+
 NAME = "average"
 HELP = "average checkpoints' weights (the paper's last-N averaging)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", help="checkpoint folders, or one run folder with --last N")
-    parser.add_argument("--last", type=int, help="average the last N checkpoint-* folders of the run folder")
+    parser.add_argument("--last", type=positive_int, help="average the last N checkpoint-* folders of the run folder")
     parser.add_argument("--out", required=True)
 
 

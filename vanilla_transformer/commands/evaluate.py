@@ -22,8 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..evaluation_report import evaluate_and_report
+    from ..model_folder import model_direction, model_source
     from ..training.data import load_parallel
 
+    direction = model_direction(model_source(args.model))
+    if direction and direction != (args.src, args.tgt):
+        raise ValueError(f"--src {args.src} --tgt {args.tgt}, but {args.model} translates {direction[0]} to "
+                         f"{direction[1]} (its config.json says so): pass --src {direction[0]} --tgt {direction[1]}")
     translate_lines = translator_for(args, progress=True)
     pairs = load_parallel(args.data, (args.src, args.tgt), splits=[args.split])[args.split]
     out = Path(args.out or Path(args.model) / f"eval-{args.split}.{args.src}-{args.tgt}")

@@ -2,6 +2,8 @@
 
 import argparse
 
+from .argument_types import non_negative_int, positive_int
+
 NAME = "show-attention"
 HELP = "PNG heatmap of a translation's cross-attention"
 
@@ -10,9 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model")
     parser.add_argument("sentence")
     parser.add_argument("--out", default="attention.png")
-    parser.add_argument("--layer", type=int, help="one decoder layer (default: mean of all)")
-    parser.add_argument("--head", type=int, help="one head (default: mean of all)")
-    parser.add_argument("--num-beams", type=int, default=4)
+    parser.add_argument("--layer", type=non_negative_int, help="one decoder layer (default: mean of all)")
+    parser.add_argument("--head", type=non_negative_int, help="one head (default: mean of all)")
+    parser.add_argument("--num-beams", type=positive_int, default=4)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -2,14 +2,16 @@
 
 import argparse
 
+from .argument_types import positive_even_int, positive_int
+
 NAME = "show-positional-encoding"
 HELP = "PNG of the sinusoidal positional table"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="positional_encoding.png")
-    parser.add_argument("--positions", type=int, default=100)
-    parser.add_argument("--d-model", type=int, default=512)
+    parser.add_argument("--positions", type=positive_int, default=100)
+    parser.add_argument("--d-model", type=positive_even_int, default=512)
     parser.add_argument("--layout", default="interleaved", choices=["interleaved", "split"])
 
 

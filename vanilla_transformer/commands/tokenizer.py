@@ -4,6 +4,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .argument_types import positive_int
+
 NAME = "tokenizer"
 HELP = "subword vocabulary"
 
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train_parser.add_argument("--data", required=True, help="folder of SPLIT.LANG files, a sentence a line")
     train_parser.add_argument("--langs", nargs="+", required=True, help="languages, e.g. de en")
     train_parser.add_argument("--split", default="train")
-    train_parser.add_argument("--vocab-size", type=int, default=37000)
+    train_parser.add_argument("--vocab-size", type=positive_int, default=37000)
     train_parser.add_argument("--model", default="bpe", choices=["bpe", "unigram"])
     train_parser.add_argument("--out", required=True, help="folder to save the tokenizer in")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import ctranslate2
 from ctranslate2.converters import Converter
 from ctranslate2.specs import common_spec, transformer_spec
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..evaluation import encode_to_fit
-from ..model_folder import load_tokenizer, model_source
+from ..model_folder import load_checked_model, load_tokenizer, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class VanillaTransformerConverter(Converter):
 
     def __init__(self, model_dir: str | Path):
         source = model_source(model_dir)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(source).float().eval()
+        self.model = load_checked_model(source).float().eval()
         if self.model.config.model_type != "vanilla_transformer":
             raise ValueError(f"{model_dir}: a {self.model.config.model_type} model, not a vanilla_transformer one "
                              "(convert Marian models with `vanilla-transformer convert-marian` first)")
@@ -120,7 +120,17 @@ def cpu_lacks_vnni() -> bool:
 
 
 def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None = None, force: bool = False) -> Path:
-    """A CTranslate2 model folder from one of ours, with our tokenizer files beside it so that it stands alone."""
+    """A CTranslate2 model folder from one of ours, with our tokenizer files beside it so that it stands alone.
+
+    An existing out_dir is refused unless force (then replaced), before anything loads; the model's own folder, or
+    one holding it, is refused even so.
+    """
+    out = Path(out_dir).resolve()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out_dir}: already exists; export to a new folder, or pass --force to replace it")
+    if Path(model_dir).exists() and out in (Path(model_dir).resolve(), *Path(model_dir).resolve().parents):
+        raise ValueError(f"{out_dir}: holds the model {model_dir} itself, which --force would delete; export to "
+                         "another folder")
     converter = VanillaTransformerConverter(model_dir)
     out = Path(converter.convert(str(out_dir), quantization=quantization, force=force))
     converter.tokenizer.save_pretrained(out)

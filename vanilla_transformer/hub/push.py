@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from huggingface_hub import CommitInfo, HfApi
+from huggingface_hub import CommitInfo, HfApi, constants
+from huggingface_hub.errors import HfHubHTTPError
 
 from ..results import RunResults
 from .card import render_card
@@ -10,6 +11,10 @@ from .card import render_card
 # What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.
 UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", "*.spm", "vocab.json", "*.py", "README.md"]
+CTRANSLATE2_FOLDER = "ctranslate2"
+# The base class of the errors of huggingface_hub's HTTP client: httpx's (huggingface_hub 1 and later; an unreachable
+# endpoint raises its ConnectError, which is no OSError), or requests' (before: OSErrors already).
+HTTP_CLIENT_ERROR = HfHubHTTPError.__mro__[1]
 
 
 def model_folder(run_dir: Path) -> Path:
@@ -40,7 +45,9 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
 
     The token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) unless given; it is never
     printed. Files already on the Hub with the same content are not sent again. With `ctranslate2` (a quantization,
-    e.g. "int8"), the model is also exported for CTranslate2 into the repo's ctranslate2/ folder.
+    e.g. "int8"), the model is also exported for CTranslate2 into the repo's ctranslate2/ folder; without it, an
+    export an earlier push left there is deleted in the same commit, as it no longer matches the weights. An
+    unreachable Hub is a ConnectionError naming the endpoint.
     """
     run_dir = Path(run_dir)
     model_dir = model_folder(run_dir)
@@ -49,8 +56,21 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
     if ctranslate2:
         from ..engines.ctranslate2 import export
 
-        export(model_dir, model_dir / "ctranslate2", quantization=ctranslate2, force=True)
-        patterns.append("ctranslate2/*")
+        export(model_dir, model_dir / CTRANSLATE2_FOLDER, quantization=ctranslate2, force=True)
+        patterns.append(f"{CTRANSLATE2_FOLDER}/*")
+    try:
+        return upload(model_dir, repo_id, patterns, private, revision, token, commit_message(run_dir))
+    except HTTP_CLIENT_ERROR as error:
+        if isinstance(error, OSError):  # the Hub's answers (401, 404...), which name what was refused
+            raise
+        raise ConnectionError(f"{constants.ENDPOINT}: cannot reach the Hub ({type(error).__name__}: {error}); "
+                              "nothing was pushed: check the network, or HF_ENDPOINT") from None
+
+
+def upload(model_dir: Path, repo_id: str, patterns: list[str], private: bool, revision: str | None,
+           token: str | None, message: str) -> CommitInfo:
+    """Create the repo (and branch) if needed and commit the files of model_dir that match patterns; the repo's
+    ctranslate2/ folder holds what this commit uploads there, or nothing."""
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     if private and not api.model_info(repo_id).private:
@@ -59,5 +79,5 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
                               "private: make the repo private on the Hub first, or push without --private")
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision,
-                             allow_patterns=patterns, commit_message=commit_message(run_dir))
+    return api.upload_folder(repo_id=repo_id, folder_path=model_dir, revision=revision, allow_patterns=patterns,
+                             delete_patterns=[f"{CTRANSLATE2_FOLDER}/*"], commit_message=message)
