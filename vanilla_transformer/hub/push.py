@@ -12,9 +12,10 @@ from .card import render_card
 UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "special_tokens_map.json", "*.spm", "vocab.json", "*.py", "README.md"]
 CTRANSLATE2_FOLDER = "ctranslate2"
-# The base class of the errors of huggingface_hub's HTTP client: httpx's (huggingface_hub 1 and later; an unreachable
-# endpoint raises its ConnectError, which is no OSError), or requests' (before: OSErrors already).
-HTTP_CLIENT_ERROR = HfHubHTTPError.__mro__[1]
+# The base class of the errors of huggingface_hub's HTTP client, which an unreachable endpoint raises: httpx's
+# HTTPError (huggingface_hub 1 and later) or requests' RequestException (before), HfHubHTTPError's first ancestor
+# that is not a builtin.
+HTTP_CLIENT_ERROR = next(cls for cls in reversed(HfHubHTTPError.__mro__) if cls.__module__ != "builtins")
 
 
 def model_folder(run_dir: Path) -> Path:
@@ -61,7 +62,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
     try:
         return upload(model_dir, repo_id, patterns, private, revision, token, commit_message(run_dir))
     except HTTP_CLIENT_ERROR as error:
-        if isinstance(error, OSError):  # the Hub's answers (401, 404...), which name what was refused
+        if isinstance(error, HfHubHTTPError):  # the Hub's answers (401, 404...), which name what was refused
             raise
         raise ConnectionError(f"{constants.ENDPOINT}: cannot reach the Hub ({type(error).__name__}: {error}); "
                               "nothing was pushed: check the network, or HF_ENDPOINT") from None
