@@ -503,20 +503,9 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     @can_return_tuple
     @takes_cache
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        encoder_outputs=None,
-        cache=None,
-        inputs_embeds=None,
-        decoder_inputs_embeds=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-    ) -> Seq2SeqModelOutput:
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                encoder_outputs=None, cache=None, inputs_embeds=None, decoder_inputs_embeds=None, use_cache=None,
+                output_attentions=None, output_hidden_states=None) -> Seq2SeqModelOutput:
         use_cache = use_cache if use_cache is not None else (cache is not None)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -615,41 +604,23 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
 
     @can_return_tuple
     @takes_cache
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        decoder_input_ids=None,
-        decoder_attention_mask=None,
-        encoder_outputs=None,
-        cache=None,
-        inputs_embeds=None,
-        decoder_inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        num_items_in_batch=None,
-    ) -> Seq2SeqLMOutput:
-        """The encoder-decoder's outputs with the logits over the target vocabulary and, given labels, the loss."""
+    def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                encoder_outputs=None, cache=None, inputs_embeds=None, decoder_inputs_embeds=None, labels=None,
+                use_cache=None, output_attentions=None, output_hidden_states=None,
+                num_items_in_batch=None) -> Seq2SeqLMOutput:
+        """The encoder-decoder's outputs with the logits over the target vocabulary and, given labels, the loss.
+
+        The arguments are VanillaTransformerModel.forward's, with the labels and the update's label count."""
         if labels is not None:
             check_token_ids("labels", labels, self.config.target_vocab_size, allow_ignore_index=True)
             use_cache = False
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
-        outputs = self.model(
-            input_ids,
-            attention_mask=attention_mask,
-            decoder_input_ids=decoder_input_ids,
-            decoder_attention_mask=decoder_attention_mask,
-            encoder_outputs=encoder_outputs,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            decoder_inputs_embeds=decoder_inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
+        outputs = self.model(input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
+                             decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
+                             cache=cache, inputs_embeds=inputs_embeds, decoder_inputs_embeds=decoder_inputs_embeds,
+                             use_cache=use_cache, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states)
         # "We ... use the usual learned linear transformation and softmax function to convert the decoder output to
         # predicted next-token probabilities" (Section 3.4); the softmax is left to the loss and to generate().
         logits = self.lm_head(outputs.last_hidden_state)
@@ -664,16 +635,10 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
             loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), 0.0)
             loss = loss / (num_items_in_batch or (labels != -100).sum())
         return with_cache(
-            Seq2SeqLMOutput,
-            cache_of(outputs),
-            loss=loss,
-            logits=logits,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
+            Seq2SeqLMOutput, cache_of(outputs), loss=loss, logits=logits,
+            decoder_hidden_states=outputs.decoder_hidden_states, decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions, encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states, encoder_attentions=outputs.encoder_attentions,
         )
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):

@@ -5,9 +5,6 @@ Marian differs from the paper in ways that are config options here: swish or gel
 two halves of the positional table, and a fixed bias on the logits.
 """
 
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +13,13 @@ from transformers import GenerationConfig, MarianConfig, MarianMTModel
 from ..configuration import ACTIVATIONS, VanillaTransformerConfig
 from ..model_folder import load_tokenizer, make_portable, model_source
 from ..modeling import VanillaTransformerForConditionalGeneration
+from ..staging import replaced_whole
+
+
+# Fields that MarianConfig names as ours do.
+SAME_FIELDS = ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "dropout", "attention_dropout",
+               "activation_dropout", "activation_function", "max_position_embeddings", "scale_embedding",
+               "tie_word_embeddings", "pad_token_id", "bos_token_id", "decoder_start_token_id")
 
 
 def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
@@ -38,30 +42,17 @@ def convert_config(marian: MarianConfig) -> VanillaTransformerConfig:
         raise ValueError("MarianConfig.normalize_before=True is not supported: Marian models are post-norm")
     eos = marian.eos_token_id[0] if isinstance(marian.eos_token_id, list) else marian.eos_token_id
     return VanillaTransformerConfig(
-        vocab_size=marian.vocab_size,
+        **{field: getattr(marian, field) for field in SAME_FIELDS},
         decoder_vocab_size=None if marian.share_encoder_decoder_embeddings else marian.decoder_vocab_size,
-        d_model=marian.d_model,
-        encoder_layers=marian.encoder_layers,
-        decoder_layers=marian.decoder_layers,
         num_attention_heads=marian.encoder_attention_heads,
         d_ff=marian.encoder_ffn_dim,
-        dropout=marian.dropout,
-        attention_dropout=marian.attention_dropout,
-        activation_dropout=marian.activation_dropout,
-        activation_function=marian.activation_function,
-        max_position_embeddings=marian.max_position_embeddings,
+        share_embeddings=marian.share_encoder_decoder_embeddings,
         position_embedding="sinusoidal",
         sinusoidal_layout="split",
-        scale_embedding=marian.scale_embedding,
-        share_embeddings=marian.share_encoder_decoder_embeddings,
-        tie_word_embeddings=marian.tie_word_embeddings,
         add_final_logits_bias=True,
         norm_first=False,
         layer_norm_eps=1e-5,  # torch's nn.LayerNorm default, which Marian uses
-        pad_token_id=marian.pad_token_id,
-        bos_token_id=marian.bos_token_id,
         eos_token_id=eos,
-        decoder_start_token_id=marian.decoder_start_token_id,
     )
 
 
@@ -123,7 +114,7 @@ def convert_marian_checkpoint(source: str | Path, out_dir: str | Path) -> Vanill
     marian = MarianMTModel.from_pretrained(source)
     tokenizer = load_tokenizer(source, "a Marian folder needs source.spm, target.spm and vocab.json")
     model = convert_marian(marian)
-    with new_folder(out_dir) as staging:
+    with replaced_whole(out_dir) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         make_portable(staging)
@@ -136,23 +127,6 @@ def refuse_to_overwrite(out_dir: str | Path, source: str) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         whose = " (the source model's own folder)" if Path(source).exists() and out_dir.samefile(source) else ""
         raise FileExistsError(f"{out_dir}: exists and is not an empty folder{whose}; name a new folder")
-
-
-@contextmanager
-def new_folder(out_dir: str | Path):
-    """A staging folder beside out_dir (a new or empty folder) to write into, renamed to out_dir at the end of the
-    block, and removed if the block fails: a failure leaves no half-made out_dir."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    try:
-        yield staging
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def residual_permutation(config: VanillaTransformerConfig) -> torch.Tensor:
@@ -254,7 +228,7 @@ def export_marian_checkpoint(source: str | Path, out_dir: str | Path) -> MarianM
     model = VanillaTransformerForConditionalGeneration.from_pretrained(source).eval()
     tokenizer = load_tokenizer(source, "the Marian folder carries it")
     marian = export_marian(model)
-    with new_folder(out_dir) as staging:
+    with replaced_whole(out_dir) as staging:
         marian.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return marian

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from ..modeling import VanillaTransformerForConditionalGeneration
 from .checkpoints import CheckpointError, problem
-from .staging import replaced_whole
+from ..staging import replaced_whole
 
 
 def averaged_model(checkpoints: list[str | Path]) -> VanillaTransformerForConditionalGeneration:

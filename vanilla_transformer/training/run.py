@@ -24,7 +24,7 @@ from .prepare import PreparedData, prepare_data, process_state
 from .recipe import Recipe, RecipeError, load_recipe
 from .run_lock import run_folder_owned
 from .schedule import base_lr
-from .staging import replaced_whole
+from ..staging import replaced_whole
 from .trainer import TrainingDiverged, TranslationTrainer, bleu_metric_fn
 
 logger = logging.getLogger(__name__)

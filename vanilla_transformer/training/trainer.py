@@ -19,7 +19,7 @@ from transformers.trainer_callback import ExportableState
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .batching import token_batches
 from .schedule import noam_scheduler
-from .staging import WRITE_ERRORS, write_failure
+from ..staging import WRITE_ERRORS, write_failure
 
 logger = logging.getLogger(__name__)
 
