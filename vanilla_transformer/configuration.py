@@ -111,14 +111,14 @@ class VanillaTransformerConfig(PretrainedConfig):
     @classmethod
     def from_tokenizer(cls, tokenizer, preset: str = "base", **overrides) -> "VanillaTransformerConfig":
         """A config whose vocabulary and special-token ids are the tokenizer's, so that the two cannot drift apart."""
-        from_tokenizer = dict(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.bos_token_id,
-        )
-        return cls.from_preset(preset, **{**from_tokenizer, **overrides})
+        return cls.from_preset(preset, **{**cls.tokenizer_fields(tokenizer), **overrides})
+
+    @staticmethod
+    def tokenizer_fields(tokenizer) -> dict:
+        """The fields a tokenizer decides: its vocabulary size and special-token ids (the decoder starts from <s>)."""
+        return dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    decoder_start_token_id=tokenizer.bos_token_id)
 
     def check(self) -> None:
         """Raise a ValueError naming the first field whose value cannot describe a model."""

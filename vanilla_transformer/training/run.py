@@ -201,9 +201,7 @@ def open_run_folder(recipe: Recipe, data: PreparedData, replaced: list[Path], co
 def take_vocabulary(config: VanillaTransformerConfig, tokenizer, overrides: dict) -> None:
     """Give the config the tokenizer's vocabulary size and special-token ids, so that the two cannot drift apart;
     what the recipe's overrides set stays."""
-    vocabulary = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      decoder_start_token_id=tokenizer.bos_token_id)
+    vocabulary = VanillaTransformerConfig.tokenizer_fields(tokenizer)
     config.update({name: value for name, value in vocabulary.items() if name not in overrides})
     config.check()
 
