@@ -1,7 +1,5 @@
-"""Reading corpora line by line (plain text, one segment a line; JSON lines), with errors that name the file and the
-line."""
+"""Reading plain-text corpora, one segment per line, with errors that name the file and the line."""
 
-import json
 from pathlib import Path
 
 
@@ -39,31 +37,3 @@ def decode_line(raw: bytes, where: str) -> str:
             f"{where}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
         ) from None
     return line.removesuffix("\n").removesuffix("\r")
-
-
-def jsonl_problem(path: str | Path, langs: tuple[str, str]) -> str | None:
-    """What is wrong with the first line of a JSON-lines corpus that is not a {"translation": {lang: text}} row,
-    naming the file and the line; None if every line is one.
-
-    A scan of the whole file, for the error path only: the table readers report a bad row by its row number (blank
-    lines not counted) or not at all.
-    """
-    with Path(path).open("rb") as file:
-        for number, raw in enumerate(file, start=1):
-            where = f"{path}:{number}"
-            line = decode_line(raw, where)
-            if not line.strip():
-                continue  # the JSON readers skip blank lines too
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                return f"{where}: not a complete JSON object ({error.msg}: column {error.colno})"
-            translation = row.get("translation") if isinstance(row, dict) else None
-            if not isinstance(translation, dict):
-                return f'{where}: no "translation" object'
-            for lang in langs:
-                if translation.get(lang) is None:
-                    return f'{where}: no "{lang}" in the translation'
-                if not isinstance(translation[lang], str):
-                    return f'{where}: "{lang}" is not a string ({json.dumps(translation[lang])[:60]})'
-    return None

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import xxhash
 from tokenizers import Tokenizer
 
-from ..corpus import CorpusError, jsonl_problem, read_lines
+from ..corpus import CorpusError, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +54,10 @@ def load_split(folder: Path, split: str, langs: tuple[str, str], drop_empty: boo
     for suffix, builder in (("jsonl", "json"), ("parquet", "parquet")):
         table = folder / f"{split}.{suffix}"
         if table.is_file():
-            try:
-                # datasets keys a local file's cache by its modification time alone; the config's name adds the content.
-                loaded = datasets.load_dataset(builder, name=f"content-{content_hash(table)}", data_files=str(table),
-                                               split="train")
-                return check_table(loaded, table, langs)
-            except (datasets.exceptions.DatasetGenerationError, ValueError) as error:  # CorpusError included
-                if suffix != "jsonl":
-                    raise
-                # The reader names no line, or a row number that is not the line's; a scan finds the line.
-                problem = jsonl_problem(table, langs)
-                if problem is None and isinstance(error, CorpusError):
-                    raise
-                unreadable = f"{table}: not readable as JSON lines ({error.__cause__ or error})"
-                raise CorpusError(problem or unreadable) from None
+            # datasets keys a local file's cache by its modification time alone; the config's name adds the content.
+            loaded = datasets.load_dataset(builder, name=f"content-{content_hash(table)}", data_files=str(table),
+                                           split="train")
+            return check_table(loaded, table, langs)
     src_path, tgt_path = (folder / f"{split}.{lang}" for lang in langs)
     for lang, file in zip(langs, (src_path, tgt_path)):
         if not file.is_file():
