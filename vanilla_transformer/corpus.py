@@ -1,5 +1,7 @@
-"""Reading plain-text corpora, one segment per line, with errors that name the file and the line."""
+"""Reading corpora line by line (plain text, one segment a line; JSON lines), with errors that name the file and the
+line."""
 
+import json
 from pathlib import Path
 
 
@@ -37,3 +39,41 @@ def decode_line(raw: bytes, where: str) -> str:
             f"{where}: not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"
         ) from None
     return line.removesuffix("\n").removesuffix("\r")
+
+
+def jsonl_line_number(path: str | Path, row: int) -> int:
+    """The line of a JSON-lines file that holds its `row`-th row (from 1): the JSON readers skip blank lines."""
+    rows = 0
+    with Path(path).open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            rows += bool(raw.strip())
+            if rows == row:
+                return number
+    return row
+
+
+def jsonl_problem(path: str | Path, langs: tuple[str, str]) -> str | None:
+    """What is wrong with the first line of a JSON-lines corpus that is not a {"translation": {lang: text}} row,
+    naming the file and the line; None if every line is one.
+
+    A scan of the whole file, for the error path only: where a line does not parse or a field changes its type, the
+    table readers name a row number that is not the line's, or no row at all.
+    """
+    with Path(path).open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            where = f"{path}:{number}"
+            line = decode_line(raw, where)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"{where}: not a complete JSON object ({error.msg}: column {error.colno})"
+            translation = row.get("translation") if isinstance(row, dict) else None
+            for lang in langs:
+                text = translation.get(lang) if isinstance(translation, dict) else None
+                if text is None:
+                    return f"{where}: no {lang!r} in the translation"
+                if not isinstance(text, str):
+                    return f"{where}: the {lang!r} of the translation is not text ({json.dumps(text)[:60]})"
+    return None

@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pyarrow.compute as pc
 import xxhash
 from tokenizers import Tokenizer
 
-from ..corpus import CorpusError, read_lines
+from ..corpus import CorpusError, jsonl_line_number, jsonl_problem, read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,18 @@ def load_split(folder: Path, split: str, langs: tuple[str, str], drop_empty: boo
     for suffix, builder in (("jsonl", "json"), ("parquet", "parquet")):
         table = folder / f"{split}.{suffix}"
         if table.is_file():
-            # datasets keys a local file's cache by its modification time alone; the config's name adds the content.
-            loaded = datasets.load_dataset(builder, name=f"content-{content_hash(table)}", data_files=str(table),
-                                           split="train")
-            return check_table(loaded, table, langs)
+            try:
+                # datasets keys a local file's cache by its modification time alone; the config's name adds the content.
+                loaded = datasets.load_dataset(builder, name=f"content-{content_hash(table)}", data_files=str(table),
+                                               split="train")
+            except (datasets.exceptions.DatasetGenerationError, ValueError) as error:
+                # A line that does not parse, or a field whose type changes (its pandas fallback: "Expected object or
+                # value"); the reader names no line, or a row number that is not the line's. A scan finds the line.
+                problem = jsonl_problem(table, langs) if suffix == "jsonl" else None
+                unreadable = f"{table}: not readable as {builder} ({error.__cause__ or error})"
+                raise CorpusError(problem or unreadable) from None
+            line_of = (lambda row: jsonl_line_number(table, row)) if suffix == "jsonl" else None
+            return check_table(loaded, table, langs, line_of)
     src_path, tgt_path = (folder / f"{split}.{lang}" for lang in langs)
     for lang, file in zip(langs, (src_path, tgt_path)):
         if not file.is_file():
@@ -111,13 +120,16 @@ def text_pairs(src_path, tgt_path, src, tgt, drop_empty, contents):
         logger.info("%s: dropped %d pairs with an empty side", src_path, dropped)
 
 
-def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str]) -> datasets.Dataset:
-    """The table, if every row's translation holds a text in both languages; else a CorpusError naming the row.
+def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str],
+                line_of: Callable[[int], int] | None = None) -> datasets.Dataset:
+    """The table, if every row's translation holds a text in both languages; else a CorpusError naming the row, or
+    the file's line that holds it (`line_of`, from the row's number).
 
     A table of {lang: text} rows is checked in Arrow, a column at a time (row by row as Python dicts, a WMT-size one
     takes a minute). One whose rows differ in their keys (JSON lines, which datasets then stores as JSON text) is
     checked row by row and turned into such a table of the two languages, as the tokenising reads them.
     """
+    line_of = line_of or (lambda row: row)
     if "translation" not in dataset.column_names:
         raise CorpusError(f"{path}: no 'translation' column (columns: {dataset.column_names})")
     pairs = dataset.with_format("arrow")["translation"]  # selections applied
@@ -125,20 +137,20 @@ def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str]) -
         for number, row in enumerate(dataset["translation"], start=1):
             for lang in langs:
                 if not isinstance(row, dict) or not isinstance(row.get(lang), str):
-                    raise CorpusError(f"{path}:{number}: no {lang!r} in the translation, or not as text")
+                    raise CorpusError(f"{path}:{line_of(number)}: no {lang!r} in the translation, or not as text")
         features = datasets.Features({**dataset.features,
                                       "translation": {lang: datasets.Value("string") for lang in langs}})
         return dataset.map(lambda row: {"translation": {lang: row["translation"][lang] for lang in langs}},
                            features=features, desc=f"{path}: the translation as {langs[0]} and {langs[1]}")
     for lang in langs:
         if pairs.type.get_field_index(lang) < 0:
-            raise CorpusError(f"{path}:1: no {lang!r} in the translation")
+            raise CorpusError(f"{path}:{line_of(1)}: no {lang!r} in the translation")
         texts = pc.struct_field(pairs, lang)  # null where the row or its text is
         if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-            raise CorpusError(f"{path}:1: the {lang!r} of the translation is {texts.type}, not text")
+            raise CorpusError(f"{path}:{line_of(1)}: the {lang!r} of the translation is {texts.type}, not text")
         missing = pc.index(pc.is_null(texts), True).as_py()
         if missing >= 0:
-            raise CorpusError(f"{path}:{missing + 1}: no {lang!r} in the translation")
+            raise CorpusError(f"{path}:{line_of(missing + 1)}: no {lang!r} in the translation")
     return dataset
 
 
