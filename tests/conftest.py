@@ -68,7 +68,7 @@ def tiny_overrides(corpus: Path) -> list[str]:
     """The Multi30k recipe shrunk to seconds: tiny model, small vocabulary, small batches."""
     return [
         f"data.source={corpus}", "tokenizer.vocab_size=400", "model.preset=tiny",
-        "model.overrides={dropout: 0.1, max_position_embeddings: 256}", "training.max_tokens=600",
+        "model.overrides={dropout: 0.1, max_position_embeddings: 256}", "training.update_tokens=600",
         "training.warmup_steps=20", "training.lr_scale=2.0", "training.logging_steps=5", "training.save_steps=20",
         "training.precision=fp32", "average_last=0",
     ]

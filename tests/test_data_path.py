@@ -85,16 +85,16 @@ def test_prepared_data_is_reused_on_rerun_and_resume(small_corpus, tmp_path):
     assert rerun["tokenize train"]["rows"] == first["tokenize train"]["rows"] == 500
 
 
-def test_micro_batches_split_each_batch_and_accumulate_its_gradients(small_corpus, tmp_path):
-    """training.micro_batch_tokens: the sampler packs micro-batches, and the update waits for max_tokens' worth."""
+def test_micro_batches_split_each_update_and_accumulate_its_gradients(small_corpus, tmp_path):
+    """training.micro_batch_tokens: the sampler packs micro-batches, and the update waits for update_tokens' worth."""
     from conftest import tiny_recipe
 
     from vanilla_transformer.training.run import training_arguments
 
-    recipe = tiny_recipe(small_corpus, tmp_path / "run", "training.max_tokens=1000", "training.micro_batch_tokens=300",
-                         "training.gradient_accumulation_steps=2")
-    assert recipe.training.batch_tokens == 300 and recipe.training.micro_batches == 4
-    assert training_arguments(recipe, 64).gradient_accumulation_steps == 8
+    recipe = tiny_recipe(small_corpus, tmp_path / "run", "training.update_tokens=2000",
+                         "training.micro_batch_tokens=300")
+    assert recipe.training.batch_tokens == 285 and recipe.training.micro_batches == 7  # 7 x 285 = 1,995 tokens
+    assert training_arguments(recipe, 64).gradient_accumulation_steps == 7
 
 
 def multi30k_pairs(data_dir: Path, folder: Path, count: int):

@@ -48,15 +48,16 @@ def test_greedy_validation_saves_checkpoints(greedy_run):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("training.max_tokens=4k", r"training.max_tokens='4k': expected int"),
+    ("training.update_tokens=4k", r"training.update_tokens='4k': expected int"),
     ("training.seed=[1]", r"training.seed=\[1\]: expected int"),
     ("data=3", r"recipe.data: expected a mapping"),
     ("training.precision=bf32", r"training.precision='bf32': must be one of"),
     ("training.epochs=abc", r"training.epochs='abc': expected float"),
     ("generation.num_beams=0", r"generation.num_beams=0: must be at least 1"),
     ("average_last=9", r"average_last=9: must be between 0 and training.save_total_limit \(5\)"),
-    ("training.micro_batch_tokens=5000", r"training.micro_batch_tokens=5000: must be positive and at most"),
-    ("training.micro_batch_tokens=32", r"data.max_length=64: must be positive and at most the tokens of a batch"),
+    ("training.micro_batch_tokens=0", r"training.micro_batch_tokens=0: must be a positive number of tokens"),
+    ("training.micro_batch_tokens=32", r"data.max_length=64: must be at most the tokens of a micro-batch \(batch plan: "
+                                       r"1 process x 64 micro-batches of <= 32 tokens"),
     ("tokenizer.sample=0", r"tokenizer.sample=0: must be positive"),
     ("training.ddp_timeout=0", r"training.ddp_timeout=0: must be a positive number of seconds"),
     ("data.max_length=300", r"data.max_length=300: must be at most the model's max_position_embeddings \(256\)"),
@@ -193,7 +194,8 @@ def test_two_process_run_killed_in_its_second_epoch_resumes_like_an_unbroken_one
     write_pairs(corpus, "train", de, en)
     write_pairs(corpus, "val", de[:8], en[:8])
     # A model wide enough that the 40 updates after the checkpoint take seconds, not the instant a kill needs.
-    settings = ["training.max_steps=48", "training.save_steps=8",
+    # 600 tokens per process per update, so that epochs are short (120 pairs in about 7 updates).
+    settings = ["training.update_tokens=1200", "training.max_steps=48", "training.save_steps=8",
                 "model.overrides={dropout: 0.1, max_position_embeddings: 256, d_model: 128, d_ff: 512}"]
     finish(launch_two_processes(corpus, tmp_path / "straight", *settings))
 

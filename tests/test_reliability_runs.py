@@ -117,9 +117,9 @@ def test_resume_refuses_what_made_the_checkpoints_and_applies_the_rest(short_run
     before = listing(run)
     with pytest.raises(RecipeError, match=r"--resume: the recipe differs .*recipe.json.*: "
                                           r"model.overrides.activation: unset -> 'gelu'; "
-                                          r"tokenizer.vocab_size: 400 -> 300; training.max_tokens: 600 -> 1200\."):
+                                          r"tokenizer.vocab_size: 400 -> 300; training.update_tokens: 600 -> 1200\."):
         train(tiny_recipe(small_corpus, run, "generation.num_beams=1", "training.max_steps=4", "data.test=null",
-                          "tokenizer.vocab_size=300", "model.overrides.activation=gelu", "training.max_tokens=1200"),
+                          "tokenizer.vocab_size=300", "model.overrides.activation=gelu", "training.update_tokens=1200"),
               resume=True)
     assert listing(run) == before
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from accelerate.utils import get_int_from_env
 
 from ..configuration import VanillaTransformerConfig
 
@@ -23,7 +24,7 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: what a Hub dataset id loo
 
 
 class RecipeError(ValueError):
-    """A recipe value that cannot be used; the message names the key (e.g. training.max_tokens)."""
+    """A recipe value that cannot be used; the message names the key (e.g. training.update_tokens)."""
 
 
 @dataclass
@@ -61,11 +62,44 @@ class ModelRecipe:
         return VanillaTransformerConfig.from_preset(self.preset, **self.overrides)
 
 
+def launch_processes() -> int:
+    """The processes of this launch, all machines together, as the launcher tells them (1 outside a launch)."""
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the processes of a launch make one update: each sums the gradients of `micro_batches` forward passes of
+    at most `micro_batch_tokens` padded tokens, and the processes' gradients are averaged."""
+
+    processes: int
+    micro_batches: int
+    micro_batch_tokens: int
+
+    @property
+    def update_tokens(self) -> int:
+        """The padded tokens of one update, all processes together (at most: batches are packed up to the cap)."""
+        return self.processes * self.micro_batches * self.micro_batch_tokens
+
+    def __str__(self) -> str:
+        return (f"batch plan: {self.processes:,} process{'es' if self.processes > 1 else ''} x "
+                f"{self.micro_batches:,} micro-batch{'es' if self.micro_batches > 1 else ''} of <= "
+                f"{self.micro_batch_tokens:,} tokens = {self.update_tokens:,} tokens per update")
+
+
 @dataclass
 class TrainingRecipe:
-    max_tokens: int = 4096  # padded tokens per batch (fairseq --max-tokens)
-    gradient_accumulation_steps: int = 1  # batches per update; the paper's ~25k+25k tokens per update
-    micro_batch_tokens: int | None = None  # split each batch into micro-batches of at most this many tokens (memory)
+    # The batch is stated per update, whatever the number of processes: the launch's processes share it, each taking
+    # micro-batches of at most micro_batch_tokens and accumulating their gradients (plan()). So 1, 2 or 8 GPUs, or 2
+    # machines of 8, train on the same tokens per update with the same learning rate, warmup and steps, to within
+    # the rounding of one micro-batch. Tokens are counted as fairseq's --max-tokens counts them: a batch of n pairs
+    # costs n x its longest side, so 25000 is about 25k source and 25k target tokens (the paper's update).
+    # (Until issue 29 the recipe said max_tokens per process, times gradient_accumulation_steps: such a recipe is
+    # read as the same update on one process, with a warning; see move_batch_keys.)
+    update_tokens: int = 4096  # padded tokens per update, all processes together
+    micro_batch_tokens: int | None = None  # padded tokens of one forward pass at most (memory); null: no cap
+    dataloader_workers: int = 0  # processes collating the training batches beside each training process
+    pin_memory: bool = True  # batches in pinned host memory, for faster copies to a GPU (ignored without one)
     lr_scale: float = 1.0  # lr = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
     warmup_steps: int = 4000
     adam_beta2: float = 0.98
@@ -76,7 +110,7 @@ class TrainingRecipe:
     max_steps: int = -1
     max_minutes: float | None = None  # end training after this many minutes (resumes included), checkpoint saved
     seed: int = 1
-    precision: str = "auto"  # "auto": bf16 where the hardware has it, else fp32; or "fp32", "bf16", "fp16"
+    precision: str = "auto"  # "auto": bf16 where the hardware computes it natively, else fp32; or fp32, bf16, fp16
     logging_steps: int = 50
     eval_steps: int = 1000
     save_steps: int = 1000
@@ -86,15 +120,27 @@ class TrainingRecipe:
     # wait while the main process prepares it); transformers' ddp_timeout. torch's own default is 10 min under NCCL.
     ddp_timeout: int = 1800
 
+    def plan(self, processes: int | None = None) -> BatchPlan:
+        """The micro-batches of each of `processes` (default: this launch's) that make an update of update_tokens:
+        as few as the cap allows, all of the same size, so that the update is update_tokens less its rounding."""
+        processes = processes or launch_processes()
+        cap = self.micro_batch_tokens or self.update_tokens
+        micro_batches = math.ceil(self.update_tokens / (processes * cap))
+        tokens = self.update_tokens // (processes * micro_batches)
+        if tokens < 1:
+            raise RecipeError(f"training.update_tokens={self.update_tokens}: too few for {processes} processes "
+                              f"in micro-batches of at most training.micro_batch_tokens={self.micro_batch_tokens}")
+        return BatchPlan(processes, micro_batches, tokens)
+
     @property
     def micro_batches(self) -> int:
-        """Micro-batches per batch of max_tokens: their gradients add up to the batch's before the update."""
-        return math.ceil(self.max_tokens / self.micro_batch_tokens) if self.micro_batch_tokens else 1
+        """Micro-batches per process per update in this launch: their gradients add up before the update."""
+        return self.plan().micro_batches
 
     @property
     def batch_tokens(self) -> int:
-        """The padded tokens of one forward pass: what the token-batch sampler packs."""
-        return self.micro_batch_tokens or self.max_tokens
+        """The padded tokens of one forward pass in this launch: what the token-batch sampler packs."""
+        return self.plan().micro_batch_tokens
 
 
 @dataclass
@@ -147,10 +193,10 @@ class Recipe:
             ("training.precision", t.precision in PRECISIONS, f"one of {PRECISIONS}"),
             ("tokenizer.model", self.tokenizer.model in TOKENIZER_MODELS, f"one of {TOKENIZER_MODELS}"),
             ("tokenizer.vocab_size", self.tokenizer.vocab_size > 0, "a positive number"),
-            ("training.max_tokens", t.max_tokens > 0, "a positive number of tokens"),
-            ("training.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "at least 1"),
-            ("training.micro_batch_tokens", t.micro_batch_tokens is None or 0 < t.micro_batch_tokens <= t.max_tokens,
-             f"positive and at most training.max_tokens ({t.max_tokens}), or null"),
+            ("training.update_tokens", t.update_tokens > 0, "a positive number of tokens"),
+            ("training.micro_batch_tokens", t.micro_batch_tokens is None or t.micro_batch_tokens > 0,
+             "a positive number of tokens, or null"),
+            ("training.dataloader_workers", t.dataloader_workers >= 0, "0 or more"),
             ("tokenizer.sample", self.tokenizer.sample is None or self.tokenizer.sample > 0, "positive, or null"),
             ("training.warmup_steps", t.warmup_steps >= 1, "at least 1"),
             ("training.lr_scale", t.lr_scale > 0, "positive"),
@@ -168,8 +214,7 @@ class Recipe:
             ("generation.num_beams", g.num_beams >= 1, "at least 1"),
             ("generation.eval_batch_size", g.eval_batch_size >= 1, "at least 1"),
             ("generation.max_length_offset", g.max_length_offset >= 0, "0 or more"),
-            ("data.max_length", d.max_length is None or 0 < d.max_length <= t.batch_tokens,
-             f"positive and at most the tokens of a batch ({t.batch_tokens}), or null"),
+            ("data.max_length", d.max_length is None or d.max_length > 0, "positive, or null"),
             ("data.max_length", d.max_length is None or d.max_length <= positions,
              f"at most the model's max_position_embeddings ({positions}), the longest pair it can take, or null"),
             ("data.max_ratio", d.max_ratio is None or d.max_ratio >= 1, "at least 1, or null"),
@@ -179,6 +224,17 @@ class Recipe:
         for key, holds, expected in rules:
             if not holds:
                 raise RecipeError(f"{key}={self.value(key)!r}: must be {expected}")
+        self.batch_plan()
+
+    def batch_plan(self, processes: int | None = None) -> BatchPlan:
+        """The training's batch plan on `processes` (default: this launch's), refused when its micro-batches cannot
+        hold the longest pair that data.max_length lets through."""
+        plan = self.training.plan(processes)
+        if self.data.max_length is not None and self.data.max_length > plan.micro_batch_tokens:
+            raise RecipeError(f"data.max_length={self.data.max_length}: must be at most the tokens of a micro-batch "
+                              f"({plan}), or null; raise training.update_tokens or training.micro_batch_tokens, or "
+                              "lower data.max_length")
+        return plan
 
     def value(self, key: str):
         target = self
@@ -202,13 +258,15 @@ class Recipe:
 
 
 # What a resumed run may change: its name and folder, how long it trains, how often it logs, evaluates and saves, what
-# it evaluates on and how it decodes, and what is done after training. The rest made the checkpoints (the data and its
-# cleaning, the tokenizer, the model, the batches, the loss and the optimiser, whose state is restored from the
-# checkpoint with its own learning rates and betas) and must stay as the run's recipe.json records it.
+# it evaluates on and how it decodes, how its batches are loaded (not which they are), and what is done after
+# training. The rest made the checkpoints (the data and its cleaning, the tokenizer, the model, the batches, the loss
+# and the optimiser, whose state is restored from the checkpoint with its own learning rates and betas) and must stay
+# as the run's recipe.json records it.
 RESUMABLE = (
     "name", "output_dir", "average_last", "data.validation_size", "data.test", "data.test_size", "data.num_proc",
     "training.epochs", "training.max_steps", "training.max_minutes", "training.logging_steps", "training.eval_steps",
-    "training.save_steps", "training.save_total_limit", "training.log_batches", "training.ddp_timeout", "generation.",
+    "training.save_steps", "training.save_total_limit", "training.log_batches", "training.ddp_timeout",
+    "training.dataloader_workers", "training.pin_memory", "generation.",
 )
 
 
@@ -257,6 +315,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         except yaml.YAMLError as error:
             raise RecipeError(f"--set {override}: the value is not valid YAML: {error}") from None
     move_label_smoothing(raw)
+    move_batch_keys(raw)
     recipe = build(Recipe, raw, "recipe")
     recipe.check()
     return recipe
@@ -279,6 +338,37 @@ def move_label_smoothing(raw: dict) -> None:
     training["label_smoothing"] = overrides.pop("label_smoothing")
     logger.warning("model.overrides.label_smoothing=%r is a training setting now: read as training.label_smoothing; "
                    "move it there in the recipe", training["label_smoothing"])
+
+
+def move_batch_keys(raw: dict) -> None:
+    """training.max_tokens and gradient_accumulation_steps, the batch per process of recipes before issue 29, become
+    the training.update_tokens (and micro_batch_tokens) that give the same batches on one process, with a warning
+    that says what changed: the update is now shared by the processes of a launch rather than taken by each."""
+    training = raw.get("training")
+    old = sorted({"max_tokens", "gradient_accumulation_steps"} & training.keys()) if isinstance(training, dict) else []
+    if not old:
+        return
+    if "update_tokens" in training:
+        raise RecipeError(f"training.{' and training.'.join(old)} and training.update_tokens are both set: "
+                          "update_tokens, the tokens of an update of all processes together, replaces max_tokens x "
+                          "gradient_accumulation_steps, the batch of each process; keep update_tokens only")
+    max_tokens, accumulation = training.pop("max_tokens", 4096), training.pop("gradient_accumulation_steps", 1)
+    cap = training.get("micro_batch_tokens")
+    for key, value in (("max_tokens", max_tokens), ("gradient_accumulation_steps", accumulation),
+                       ("micro_batch_tokens", cap)):
+        if value is not None and checked(value, int, f"training.{key}") < 1:
+            raise RecipeError(f"training.{key}={value!r}: must be positive")
+    # Each batch of max_tokens was cut into micro-batches of the cap: the same micro-batches, as many per update.
+    micro = cap or max_tokens
+    training["update_tokens"] = accumulation * math.ceil(max_tokens / micro) * micro
+    if accumulation > 1 and cap is None:
+        training["micro_batch_tokens"] = max_tokens
+    logger.warning(
+        "training.max_tokens=%d and gradient_accumulation_steps=%d stated the batch of each process; the recipe states "
+        "the update now, shared by the processes of a launch: read as training.update_tokens=%d, "
+        "micro_batch_tokens=%s (the same batches on 1 process; on N processes each takes 1/N of the update, where it "
+        "took all of it before); write these in the recipe in place of the old keys", max_tokens, accumulation,
+        training["update_tokens"], training.get("micro_batch_tokens"))
 
 
 def build(cls, values: dict, where: str):

@@ -31,9 +31,11 @@ logger = logging.getLogger(__name__)
 
 
 def bf16_available() -> bool:
-    """bf16 where the hardware computes it natively: a GPU that supports it, or a CPU with AVX-512 BF16/AMX."""
+    """bf16 where the hardware computes it natively: an NVIDIA GPU from Ampere on (compute capability 8.0), or a CPU
+    with AVX-512 BF16/AMX."""
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        # torch.cuda.is_bf16_supported() also says yes where bf16 is emulated (V100, T4): slower than fp32 there.
+        return torch.cuda.get_device_capability() >= (8, 0)
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -44,7 +46,14 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         output_dir=str(recipe.run_dir),
         per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (training.batch_tokens)
         per_device_eval_batch_size=g.eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps * t.micro_batches,
+        gradient_accumulation_steps=recipe.batch_plan().micro_batches,  # this launch's share of update_tokens
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_persistent_workers=t.dataloader_workers > 0,  # not started anew each epoch
+        dataloader_pin_memory=t.pin_memory and torch.cuda.is_available(),
+        # Every parameter takes part in every forward pass, so DDP need not search the graph for unused ones; the
+        # only buffers are fixed (the sinusoid tables, a Marian model's logits bias), so none is broadcast per step.
+        ddp_find_unused_parameters=False,
+        ddp_broadcast_buffers=False,
         learning_rate=base_lr(d_model, t.lr_scale),
         adam_beta1=0.9,
         adam_beta2=t.adam_beta2,

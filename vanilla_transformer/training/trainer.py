@@ -18,6 +18,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .batching import token_batches
+from .recipe import BatchPlan
 from .schedule import noam_scheduler
 from ..staging import WRITE_ERRORS, write_failure
 
@@ -30,7 +31,8 @@ class TrainingDiverged(ValueError):
 
 class TranslationTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer with fairseq-style token batches, the Noam schedule, the label-smoothed loss
-    (args.label_smoothing_factor), a stop at the first non-finite update, and tokens/s and padding in the logs."""
+    (args.label_smoothing_factor), a stop at the first non-finite update, and the tokens of an update, tokens/s and
+    padding of all processes together in the logs."""
 
     def __init__(self, *args, micro_batch_tokens: int, warmup_steps: int, batch_log: Path | None = None,
                  max_minutes: float | None = None, **kwargs):
@@ -42,8 +44,8 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.micro_batch_tokens = micro_batch_tokens
         self.warmup_steps = warmup_steps
         self.batch_log = batch_log
-        self.tokens_since_log = self.padded_since_log = 0
-        self.log_clock = time.perf_counter()
+        self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
+        self.log_clock = self.log_step = None
         self.add_callback(SamplerEpoch(self))
         self.add_callback(TimeBudget(max_minutes))
         self.add_callback(FiniteUpdates(self))
@@ -52,13 +54,16 @@ class TranslationTrainer(Seq2SeqTrainer):
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         self.batch_sampler = token_batches(dataset, self.micro_batch_tokens, self.args.seed)
-        logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
-                    len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
+        if self.is_world_process_zero():
+            logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
+                        len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
+            logger.info("%s", self.batch_plan())
         collator = self.data_collator
         if self.batch_log is not None:
             collator = BatchLoggingCollator(collator, self.batch_log, self.args.process_index)
         loader = DataLoader(dataset, batch_sampler=self.batch_sampler, collate_fn=collator,
-                            num_workers=self.args.dataloader_num_workers)
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory,
+                            persistent_workers=self.args.dataloader_persistent_workers)
         # accelerate shards the batches across processes: disjoint batches, equal counts on every rank.
         return self.accelerator.prepare(loader)
 
@@ -79,21 +84,35 @@ class TranslationTrainer(Seq2SeqTrainer):
                 shutil.rmtree(folder, ignore_errors=True)
             raise write_failure(folder, error) from error
 
+    def batch_plan(self) -> BatchPlan:
+        """What the processes train on per update: the plan of the recipe's training.update_tokens, as run."""
+        return BatchPlan(self.args.world_size, self.args.gradient_accumulation_steps, self.micro_batch_tokens)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        labels = inputs["labels"]
+        labels, input_ids = inputs["labels"], inputs["input_ids"]
+        if self.log_step is None:  # the first micro-batch of this train(), a resumed one's too
+            self.log_clock, self.log_step = time.perf_counter(), self.state.global_step
         # Counted on the device, read at the next log: no host sync per micro-batch.
         self.tokens_since_log += (labels != -100).sum() + inputs["attention_mask"].sum()
-        self.padded_since_log += labels.numel() + inputs["input_ids"].numel()
+        self.padded_since_log += labels.numel() + input_ids.numel()
+        self.batch_tokens_since_log += max(labels.numel(), input_ids.numel())  # pairs x longest side, as batched
         return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self.padded_since_log:
+        # Every process logs the training loss (the Trainer gathers it first): the counts are summed over them here,
+        # in one reduction per log.
+        if "loss" in logs and self.log_step is not None:
             seconds = time.perf_counter() - self.log_clock
-            tokens = int(self.tokens_since_log)
-            logs["tokens_per_s"] = round(tokens / seconds, 1)
-            logs["padding_fraction"] = round(1 - tokens / self.padded_since_log, 4)
-            self.tokens_since_log = self.padded_since_log = 0
-            self.log_clock = time.perf_counter()
+            counts = torch.stack([torch.as_tensor(count, device=self.args.device) for count in (
+                self.tokens_since_log, self.padded_since_log, self.batch_tokens_since_log)])
+            tokens, padded, batch_tokens = self.accelerator.reduce(counts, reduction="sum").tolist()
+            if padded:
+                logs["tokens_per_s"] = round(tokens / seconds, 1)
+                logs["padding_fraction"] = round(1 - tokens / padded, 4)
+                # The padded tokens of an update as the recipe counts them, to compare with the batch plan.
+                logs["update_tokens"] = round(batch_tokens / (self.state.global_step - self.log_step), 1)
+            self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
+            self.log_clock, self.log_step = time.perf_counter(), self.state.global_step
         super().log(logs, *args, **kwargs)
 
 
