@@ -7,6 +7,7 @@ from pathlib import Path
 
 import evaluate
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .results import SplitScore
@@ -31,22 +32,30 @@ def decoding_settings(num_beams: int, length_penalty: float) -> dict:
 
 @torch.inference_mode()
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, progress: bool = True,
-              first_line: int = 1, **generate_kwargs) -> list[str]:
+              first_line: int = 1, state=None, **generate_kwargs) -> list[str]:
     """Translations in input order, one per sentence; sentences are batched by length to compute little padding.
 
     A blank sentence gives an empty translation (the model is not asked to invent one). A sentence longer than the
     model's positions is cut to fit (keeping </s>), with a warning naming its line (first_line numbers the first).
+    state: the PartialState of a launch of several processes: each translates every N-th batch on its own device
+    (the batches one process would make, so the same translations), and every process returns all of them.
     """
     encoded = encode_to_fit(tokenizer, sentences, model.config.max_position_embeddings, first_line)
     order = sorted((i for i, text in enumerate(sentences) if text.strip()), key=lambda i: len(encoded[i]),
                    reverse=True)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    shared = state is not None and state.num_processes > 1
+    if shared:
+        batches = batches[state.process_index :: state.num_processes]  # long and short ones for every process
     translations = [""] * len(sentences)
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="translating", disable=not progress, unit="batch"):
-        indices = order[start : start + batch_size]
+    for indices in tqdm(batches, desc="translating", disable=not progress, unit="batch"):
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in indices]}, return_tensors="pt").to(model.device)
         output = model.generate(**batch, **generate_kwargs)
         for i, text in zip(indices, tokenizer.batch_decode(output, skip_special_tokens=True)):
+            translations[i] = text
+    if shared:
+        for i, text in gather_object([(i, translations[i]) for indices in batches for i in indices]):
             translations[i] = text
     return translations
 

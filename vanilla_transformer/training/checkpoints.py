@@ -1,5 +1,6 @@
 """A run's checkpoint-N folders: which are complete, in step order, so that resume and averaging never read a
-half-written one (a run killed while saving, a full disk)."""
+half-written one (a run killed while saving, a full disk), whichever backend wrote them: DDP (or one process), FSDP
+with a full or a sharded state dict, DeepSpeed ZeRO 1-3."""
 
 import json
 import logging
@@ -7,12 +8,16 @@ import re
 import zipfile
 from pathlib import Path
 
+from accelerate.utils import gather_object
 from safetensors import SafetensorError, safe_open
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last
+FSDP_WEIGHTS = "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0"  # accelerate's save_fsdp_model: full, sharded (DCP)
+FSDP_OPTIMIZER = "optimizer.bin", "optimizer_0"  # accelerate's save_fsdp_optimizer: full, sharded (DCP)
+DEEPSPEED_TAG = "latest"  # DeepSpeed's save_checkpoint: names the global_stepN folder that holds the states
 
 
 class CheckpointError(ValueError):
@@ -25,25 +30,29 @@ def step_of(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def backend(folder: Path) -> str:
+    """Which layout the folder holds: "deepspeed", "fsdp" or "ddp" (one process or DDP)."""
+    if (folder / DEEPSPEED_TAG).exists() or any(folder.glob("global_step*")):
+        return "deepspeed"
+    if any((folder / name).exists() for name in FSDP_WEIGHTS + FSDP_OPTIMIZER):
+        return "fsdp"
+    return "ddp"
+
+
 def problem(folder: str | Path, for_resume: bool = False) -> str | None:
     """Why the checkpoint cannot be used (naming the file), or None when it is complete.
 
-    Weights: the safetensors header must parse and cover the file. For resuming, also the trainer state (whole
-    JSON) and the optimizer and scheduler states (whole zip archives, as torch.save writes them).
+    Averaging (and from_pretrained) needs the whole weights: config.json and a model.safetensors whose header
+    parses and covers the file. Resuming needs what the Trainer loads for the folder's backend, then the trainer
+    state (whole JSON) and the scheduler (a whole zip archive, as torch.save writes it).
     """
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        return f"{folder / 'config.json'}: missing"
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        return f"{weights}: missing"
-    try:
-        with safe_open(weights, "pt"):
-            pass
-    except SafetensorError as error:
-        return f"{weights}: unreadable ({error})"
     if not for_resume:
-        return None
+        return weights_problem(folder)
+    kind = backend(folder)
+    reason = {"deepspeed": deepspeed_problem, "fsdp": fsdp_problem, "ddp": ddp_problem}[kind](folder)
+    if reason:
+        return reason
     state = folder / TRAINER_STATE
     try:
         json.loads(state.read_text(encoding="utf-8"))
@@ -51,13 +60,96 @@ def problem(folder: str | Path, for_resume: bool = False) -> str | None:
         return f"{state}: missing"
     except (ValueError, UnicodeDecodeError) as error:
         return f"{state}: not a whole JSON document ({error})"
-    for name in ("optimizer.pt", "scheduler.pt"):
-        try:
-            zipfile.ZipFile(folder / name).close()
-        except FileNotFoundError:
-            return f"{folder / name}: missing"
-        except zipfile.BadZipFile:
-            return f"{folder / name}: truncated or corrupt"
+    # DeepSpeed keeps the scheduler in its own states when its config names one; the Trainer saves any other.
+    if kind == "deepspeed" and not (folder / "scheduler.pt").exists():
+        return None
+    return zip_problem(folder / "scheduler.pt")
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the folder holds no whole, consolidated weights, or None."""
+    weights = folder / WEIGHTS
+    sharded = [name for name in (FSDP_WEIGHTS[1], "global_step*") if any(folder.glob(name))]
+    if not weights.is_file() and sharded:
+        return f"{weights}: missing: the weights are only in shards ({sharded[0]}), which cannot be averaged"
+    if not (folder / "config.json").is_file():
+        return f"{folder / 'config.json'}: missing"
+    if not weights.is_file():
+        return f"{weights}: missing"
+    try:
+        with safe_open(weights, "pt"):
+            pass
+    except SafetensorError as error:
+        return f"{weights}: unreadable ({error})"
+    return None
+
+
+def zip_problem(path: Path) -> str | None:
+    """Why a torch.save file is not whole (missing, truncated), or None."""
+    try:
+        zipfile.ZipFile(path).close()
+    except FileNotFoundError:
+        return f"{path}: missing"
+    except (zipfile.BadZipFile, IsADirectoryError):
+        return f"{path}: truncated or corrupt"
+    return None
+
+
+def dcp_problem(path: Path) -> str | None:
+    """Why a torch.distributed.checkpoint folder is not whole, or None: its .metadata (written last, once every
+    process has written its shard) must name shard files that exist and are as long as it says."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(str(path)).read_metadata()
+    except FileNotFoundError:
+        return f"{path / '.metadata'}: missing"
+    except Exception as error:  # an unpickling error of a truncated file: any kind
+        return f"{path / '.metadata'}: unreadable ({error})"
+    ends: dict[str, int] = {}
+    for item in metadata.storage_data.values():
+        ends[item.relative_path] = max(ends.get(item.relative_path, 0), item.offset + item.length)
+    for name, end in sorted(ends.items()):
+        size = (path / name).stat().st_size if (path / name).is_file() else None
+        if size is None or size < end:
+            return f"{path / name}: {'missing' if size is None else 'truncated'}"
+    return None
+
+
+def ddp_problem(folder: Path) -> str | None:
+    return weights_problem(folder) or zip_problem(folder / "optimizer.pt")
+
+
+def fsdp_problem(folder: Path) -> str | None:
+    """The model and optimizer states of accelerate's FSDP save: a full one (.bin) or a sharded one (DCP folder)."""
+    for full, sharded in (FSDP_WEIGHTS, FSDP_OPTIMIZER):
+        reason = dcp_problem(folder / sharded) if (folder / sharded).is_dir() else zip_problem(folder / full)
+        if reason:
+            return reason
+    return None
+
+
+def deepspeed_problem(folder: Path) -> str | None:
+    """The states DeepSpeed's save_checkpoint writes in the folder `latest` names: the model states, and under ZeRO
+    the optimizer states of each of the N processes that saved it (each also saved its rng_state_R.pth)."""
+    try:
+        tag = (folder / DEEPSPEED_TAG).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return f"{folder / DEEPSPEED_TAG}: missing or unreadable"
+    states = folder / tag
+    models = sorted(states.glob("*model_states.pt"))
+    if not models:
+        return f"{states}: holds no *model_states.pt"
+    optimizers = sorted(states.glob("*zero_pp_rank_*_optim_states.pt"))
+    ranks = sorted(int(re.search(r"zero_pp_rank_(\d+)_", p.name).group(1)) for p in optimizers)
+    processes = len(list(folder.glob("rng_state_*.pth"))) or 1  # rng_state.pth alone for one process
+    if ranks != list(range(processes)):
+        return (f"{states}: the optimizer states of some of the {processes} processes are missing (found those of "
+                f"ranks {ranks})")
+    for path in models + optimizers:
+        reason = zip_problem(path)
+        if reason:
+            return reason
     return None
 
 
@@ -80,9 +172,48 @@ def last_checkpoints(run_dir: str | Path, count: int) -> list[Path]:
     return complete_checkpoints(run_dir)[-count:]
 
 
-def resume_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint a run can resume from; a CheckpointError when there is none."""
-    complete = complete_checkpoints(run_dir, for_resume=True)
-    if not complete:
+def resume_checkpoint(run_dir: str | Path, state=None) -> Path:
+    """The newest checkpoint a run can resume from; a CheckpointError when there is none.
+
+    In a launch of several processes (state: its PartialState), the newest one complete for every process: each
+    reads its own machine's copy of the run folder, and all of them get the same answer or the same error, so that
+    none waits at a barrier for one that has failed.
+    """
+    complete = {step_of(p): p for p in complete_checkpoints(run_dir, for_resume=True)}
+    if state is None or state.num_processes == 1:
+        everyone = [sorted(complete)]
+    else:
+        everyone = gather_object([sorted(complete)])
+    common = set.intersection(*(set(steps) for steps in everyone))
+    if common:
+        if max(common) != max(complete):
+            logger.warning("resuming from checkpoint-%d, the newest complete on every process (this one has up to "
+                           "checkpoint-%d)", max(common), max(complete))
+        return complete[max(common)]
+    if not any(everyone):
         raise CheckpointError(f"{run_dir}: no complete checkpoint-N folder to resume from")
-    return complete[-1]
+    held = "; ".join(f"process {rank}: {', '.join(f'checkpoint-{s}' for s in steps) or 'none'}"
+                     for rank, steps in enumerate(everyone))
+    raise CheckpointError(
+        f"{run_dir}: no checkpoint-N folder is complete on every process of the launch ({held}). Each process reads "
+        "its own machine's run folder, and only the main process writes checkpoints: put output_dir on a disk that "
+        "every machine shares, or copy the newest checkpoint-N folder into the run folder of each machine")
+
+
+def whole_weights_problem(state, average_last: int) -> str | None:
+    """Why the backend (state: the trainer's AcceleratorState) would leave no whole weights for the final model or
+    for averaging the last checkpoints, naming the setting that gives them; None when it does."""
+    deepspeed, fsdp = getattr(state, "deepspeed_plugin", None), getattr(state, "fsdp_plugin", None)
+    if deepspeed is not None:
+        zero = deepspeed.deepspeed_config.get("zero_optimization", {})
+        if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+            return ("DeepSpeed ZeRO-3 keeps no whole copy of the weights, so neither the final model nor the average "
+                    "of checkpoints can be saved: set zero_optimization.stage3_gather_16bit_weights_on_model_save: "
+                    "true in the DeepSpeed config (accelerate config: zero3_save_16bit_model: true, or "
+                    "`accelerate launch --zero3_save_16bit_model true`)")
+    if fsdp is not None and average_last > 1 and "FULL_STATE_DICT" not in str(fsdp.state_dict_type):
+        return (f"average_last={average_last}: FSDP with {str(fsdp.state_dict_type).split('.')[-1]} saves each "
+                "checkpoint's weights in shards, which cannot be averaged: set fsdp_state_dict_type: "
+                "FULL_STATE_DICT in the accelerate config's fsdp_config (or `accelerate launch "
+                "--fsdp_state_dict_type FULL_STATE_DICT`), or average_last: 0")
+    return None

@@ -2,6 +2,7 @@
 final model, its test score, and what the folder keeps of the run (results.json, log.csv, curves.png)."""
 
 import contextlib
+import copy
 import json
 import logging
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from accelerate.utils import broadcast, broadcast_object_list
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
 from ..configuration import VanillaTransformerConfig
@@ -18,7 +20,7 @@ from ..model_folder import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..results import RunResults, SplitScore
 from .average import averaged_model
-from .checkpoints import last_checkpoints, resume_checkpoint
+from .checkpoints import last_checkpoints, resume_checkpoint, whole_weights_problem
 from .plots import plot_curves
 from .prepare import PreparedData, prepare_data, process_state
 from .recipe import Recipe, RecipeError, load_recipe
@@ -102,7 +104,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command
     state = process_state(recipe.training.ddp_timeout)
     with run_folder_owned(recipe.run_dir) if state.is_main_process else contextlib.nullcontext():
         replaced = earlier_run_to_replace(recipe.run_dir, resume, overwrite)
-        checkpoint = resume_checkpoint(recipe.run_dir) if resume else None
+        checkpoint = resume_checkpoint(recipe.run_dir, state) if resume else None  # the same on every process
         if resume:
             check_resumable(recipe)
         data_source = recipe.data_source()
@@ -112,9 +114,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command
         data = prepare_data(recipe, data_source, recipe.run_dir / "tokenizer" if resume else None,
                             config.max_position_embeddings)
         check_training_pairs(recipe, data, config.max_position_embeddings)
-        open_run_folder(recipe, data, replaced, command)
         take_vocabulary(config, data.tokenizer, recipe.model.overrides)
         trainer = make_trainer(recipe, config, data)
+        refused = whole_weights_problem(trainer.accelerator.state, recipe.average_last)  # the backend's, known now
+        if refused:
+            raise RecipeError(refused)
+        open_run_folder(recipe, data, replaced, command)
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except TrainingDiverged:
@@ -122,12 +127,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command
                 write_log_csv(trainer.state.log_history, recipe.run_dir / "log.csv")  # the losses up to it
             raise
         train_seconds = time.perf_counter() - started
-        if not trainer.is_world_process_zero():
-            return None  # the run folder is the main process's to write
+        # Every process takes part in the final save (a collective under FSDP and ZeRO-3) and in the test
+        # translation; the main process writes the run folder.
         model, averaged = save_final_model(trainer, recipe)
+        test = score_test_split(recipe, model, data, state) if recipe.data.test else None
+        if not trainer.is_world_process_zero():
+            return None
         results = run_results(recipe, trainer, data, model, averaged, train_seconds)
-        if recipe.data.test:
-            results.test = score_test_split(recipe, model, data)
+        results.test = test
         write_run_record(recipe, results, trainer.state.log_history)
         return results
 
@@ -244,18 +251,64 @@ def save_final_model(trainer: TranslationTrainer, recipe: Recipe
                      ) -> tuple[VanillaTransformerForConditionalGeneration, list[str]]:
     """run_dir/model: the average of the last checkpoints (average_last) or the trained weights, with the tokenizer,
     made portable, written whole or not at all (a full disk is an OSError naming it, with no half-made folder).
-    Returns the model and the names of the checkpoints averaged."""
-    checkpoints = last_checkpoints(recipe.run_dir, recipe.average_last) if recipe.average_last > 1 else []
-    averaged = [p.name for p in checkpoints] if len(checkpoints) > 1 else []
-    model = averaged_model(checkpoints) if averaged else trainer.model
-    with replaced_whole(recipe.run_dir / "model") as staging:
-        if averaged:
-            model.save_pretrained(staging)
-        else:
-            trainer.save_model(str(staging))
-        trainer.processing_class.save_pretrained(staging)
-        make_portable(staging, (recipe.data.src, recipe.data.tgt))
-    return model, averaged
+
+    Every process takes part: gathering the trained weights is a collective under FSDP and ZeRO-3, and the main
+    process's failure is raised in all of them. Returns the final model on every process's device, and (in the main
+    process) the names of the checkpoints averaged.
+    """
+    accelerator = trainer.accelerator
+    weights = accelerator.get_state_dict(trainer.model_wrapped)  # whole on the main process
+    model, averaged = None, []
+    with failure_shared(accelerator.state):
+        if accelerator.is_main_process:
+            checkpoints = last_checkpoints(recipe.run_dir, recipe.average_last) if recipe.average_last > 1 else []
+            averaged = [p.name for p in checkpoints] if len(checkpoints) > 1 else []
+            model = averaged_model(checkpoints) if averaged else plain_model(trainer.model, weights)
+            with replaced_whole(recipe.run_dir / "model") as staging:
+                model.save_pretrained(staging)
+                trainer.processing_class.save_pretrained(staging)
+                make_portable(staging, (recipe.data.src, recipe.data.tgt))
+    return on_every_process(model, trainer.model, accelerator), averaged
+
+
+def plain_model(trained, weights: dict) -> VanillaTransformerForConditionalGeneration:
+    """A model of the trained one's config and decoding holding the weights: the trained model itself is wrapped or
+    sharded by the backend (FSDP2 even changes its class, which save_pretrained would name in config.json)."""
+    model = VanillaTransformerForConditionalGeneration(trained.config)
+    model.generation_config = copy.deepcopy(trained.generation_config)
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+def on_every_process(model, trained, accelerator) -> VanillaTransformerForConditionalGeneration:
+    """The main process's model on every process's device: the others receive its weights."""
+    if accelerator.num_processes == 1:
+        return model.to(accelerator.device)
+    dtype = broadcast_object_list([model.dtype if model is not None else None])[0]
+    if model is None:
+        model = plain_model(trained, None).to(dtype)
+    model.to(accelerator.device)
+    broadcast(list(model.state_dict().values()), from_process=0)
+    return model
+
+
+@contextlib.contextmanager
+def failure_shared(state):
+    """The block's failure in the main process is raised in every process of the launch, rather than leaving the
+    others waiting for it at the next collective until training.ddp_timeout."""
+    failure = None
+    try:
+        yield
+    except Exception as error:
+        failure = error
+    told = [f"{type(failure).__name__}: {failure}" if failure else None]
+    if state.num_processes > 1:
+        broadcast_object_list(told)
+    if failure is not None:
+        raise failure
+    if told[0]:
+        raise RuntimeError(f"the main process failed to save the final model: {told[0]}")
 
 
 def run_results(recipe: Recipe, trainer: TranslationTrainer, data: PreparedData, model, averaged: list[str],
@@ -277,19 +330,25 @@ def run_results(recipe: Recipe, trainer: TranslationTrainer, data: PreparedData,
     )
 
 
-def score_test_split(recipe: Recipe, model, data: PreparedData) -> SplitScore:
+def score_test_split(recipe: Recipe, model, data: PreparedData, state) -> SplitScore | None:
     """The final model's sacreBLEU and chrF on the recipe's test split (its first data.test_size pairs), decoded as
-    the recipe says, with the hypotheses written in the run folder."""
+    the recipe says, with the hypotheses written in the run folder.
+
+    Every process of the launch translates a share of the batches on its own device (state: its PartialState); the
+    main process scores the translations gathered, the others return None.
+    """
     d, g = recipe.data, recipe.generation
     test = data.raw[d.test]
     if d.test_size:
         test = test.select(range(min(d.test_size, len(test))))
-    decoding = decoding_settings(g.num_beams, g.length_penalty)
-
-    def translate_lines(lines: list[str]) -> list[str]:
-        return translate(model, data.tokenizer, lines, batch_size=g.eval_batch_size, **decoding)
-
-    return evaluate_split(translate_lines, test, d.test, (d.src, d.tgt), recipe.run_dir, g.num_beams,
+    sources = [pair[d.src] for pair in test["translation"]]
+    hypotheses = translate(model, data.tokenizer, sources, batch_size=g.eval_batch_size,
+                           progress=state.is_main_process, state=state,
+                           **decoding_settings(g.num_beams, g.length_penalty))
+    if not state.is_main_process:
+        return None
+    # Already translated, by every process: the scoring and the hypotheses file are the main process's.
+    return evaluate_split(lambda lines: hypotheses, test, d.test, (d.src, d.tgt), recipe.run_dir, g.num_beams,
                           g.length_penalty)
 
 
