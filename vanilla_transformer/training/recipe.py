@@ -89,13 +89,13 @@ class BatchPlan:
 
 @dataclass
 class TrainingRecipe:
-    # The batch is stated per update, whatever the number of processes: the launch's processes share it, each taking
-    # micro-batches of at most micro_batch_tokens and accumulating their gradients (plan()). So 1, 2 or 8 GPUs, or 2
-    # machines of 8, train on the same tokens per update with the same learning rate, warmup and steps, to within
-    # the rounding of one micro-batch. Tokens are counted as fairseq's --max-tokens counts them: a batch of n pairs
-    # costs n x its longest side, so 25000 is about 25k source and 25k target tokens (the paper's update).
-    # (Until issue 29 the recipe said max_tokens per process, times gradient_accumulation_steps: such a recipe is
-    # read as the same update on one process, with a warning; see move_batch_keys.)
+    # The batch is stated per update, not per process (issue 29): the paper's learning rate, warmup and steps go with
+    # its ~25k+25k-token update, so the processes of a launch share update_tokens, each in as few micro-batches of at
+    # most micro_batch_tokens as it takes, all of one size, their gradients accumulated (plan()). 1, 2 or 8 GPUs, or 2
+    # machines of 8, thus train on the same update, less a rounding of under one token per micro-batch. Tokens are
+    # counted as fairseq's --max-tokens counts them: a batch of n pairs costs n x its longest side, so 25000 is about
+    # 25k source and 25k target tokens. Recipes from before, with max_tokens per process times
+    # gradient_accumulation_steps, are read as the update they made on one process, with a warning (move_batch_keys).
     update_tokens: int = 4096  # padded tokens per update, all processes together
     micro_batch_tokens: int | None = None  # padded tokens of one forward pass at most (memory); null: no cap
     dataloader_workers: int = 0  # processes collating the training batches beside each training process
@@ -115,7 +115,9 @@ class TrainingRecipe:
     eval_steps: int = 1000
     save_steps: int = 1000
     save_total_limit: int = 5
-    log_batches: bool = False  # write each process's batch indices to batches-rank*.jsonl (for auditing)
+    # Write each process's batch indices to batches-rank*.jsonl (for auditing), as they are collated: with several
+    # dataloader_workers, not always in the order they are trained on.
+    log_batches: bool = False
     # Seconds a process of a multi-process launch waits for the others, the data path's first run included (the others
     # wait while the main process prepares it); transformers' ddp_timeout. torch's own default is 10 min under NCCL.
     ddp_timeout: int = 1800
