@@ -37,7 +37,8 @@ def test_the_plan_shares_the_update_among_the_processes(processes, cap, expected
 def test_the_plan_reads_as_processes_times_micro_batches():
     assert str(BatchPlan(2, 4, 3125)) == \
         "batch plan: 2 processes x 4 micro-batches of <= 3,125 tokens = 25,000 tokens per update"
-    assert str(BatchPlan(1, 1, 2048)) == "batch plan: 1 process x 1 micro-batch of <= 2,048 tokens = 2,048 tokens per update"
+    assert str(BatchPlan(1, 1, 2048)) == \
+        "batch plan: 1 process x 1 micro-batch of <= 2,048 tokens = 2,048 tokens per update"
 
 
 def test_the_plan_is_this_launchs_unless_told(monkeypatch):
