@@ -7,7 +7,8 @@ print {"check": ..., "skipped": ...}. Lines are flushed as they come, so a run c
 Without CUDA it prints one line saying so and exits 0; --cpu-smoke runs every check at the tiny preset on the CPU
 (the "CUDA" side is the CPU too, and what only CUDA can tell is listed under "needs_cuda"), to exercise the code.
 The training data is synthetic (say the records): Zipf-distributed ids over the vocabulary in length-sorted token
-batches, the target the source through a fixed permutation of the vocabulary, so that the loss can fall.
+batches, the target the source through a fixed permutation of the vocabulary (and 0.8-1.2 times as long), so that
+the loss can fall.
 Usage: python benchmarks/gpu_check.py [--budget-minutes 8] [--model FOLDER] [--only CHECK ...] [--cpu-smoke]
 """
 
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_NOTE = ("synthetic: Zipf(1.1) token ids over the vocabulary, length-sorted token batches (longest side ~ "
-             "lognormal around 25), target = the source through a fixed permutation of the vocabulary")
+DATA_NOTE = ("synthetic: Zipf(1.1) token ids over the vocabulary, length-sorted token batches (longest source ~ "
+             "lognormal around 25), target = the source through a fixed permutation of the vocabulary, stretched or "
+             "shrunk in order to 0.8-1.2 times its length")
 
 
 @dataclass
@@ -80,9 +82,10 @@ class Run:
     def seconds_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def batches(self, count: int, tokens: int, seed: int, shortest: float = 0.8) -> list:
+    def batches(self, count: int, tokens: int, seed: int, shortest: float = 0.8, stretch: float = 0.2) -> list:
         """token_batches over the checks' vocabulary, on the device, within the tiny preset's positions if smoke."""
-        return token_batches(count, tokens, self.sizes.vocab, seed, shortest, self.device, 40 if self.smoke else 120)
+        return token_batches(count, tokens, self.sizes.vocab, seed, shortest, stretch, self.device,
+                             40 if self.smoke else 120)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -106,29 +109,37 @@ def recipe_batch(path: Path) -> dict:
 
 # --- data ------------------------------------------------------------------------------------------------------------
 
-def token_batches(count: int, tokens: int, vocab: int, seed: int = 0, shortest: float = 0.8, device="cpu",
-                  longest: int = 120) -> list:
+def token_batches(count: int, tokens: int, vocab: int, seed: int = 0, shortest: float = 0.8, stretch: float = 0.2,
+                  device="cpu", longest: int = 120) -> list:
     """`count` padded batches of <= `tokens` tokens, counted as fairseq does (pairs x longest side), always the same
-    for a seed: DATA_NOTE. `shortest` is the shortest sentence as a fraction of the batch's longest, `longest` the
-    longest sentence of all."""
+    for a seed: DATA_NOTE. `shortest` is the shortest source as a fraction of the batch's longest, each target is
+    1 +- `stretch` times as long as its source, and `longest` is the longest source of all."""
     generator = torch.Generator().manual_seed(seed)
     weights = torch.arange(1, vocab - 3, dtype=torch.float64) ** -1.1
     permutation = torch.randperm(vocab - 4, generator=generator) + 4
     batches = []
     for _ in range(count):
         length = int(torch.empty(1).log_normal_(math.log(25), 0.5, generator=generator).clamp(4, longest))
-        pairs = max(1, tokens // (length + 1))
+        pairs = max(1, tokens // (math.ceil((1 + stretch) * length) + 1))
         lengths = torch.randint(max(1, int(shortest * length)), length + 1, (pairs,), generator=generator)
         ids = torch.multinomial(weights, pairs * length, replacement=True, generator=generator).view(pairs, length) + 4
-        inside = torch.arange(length + 1) < lengths[:, None]
-        source = torch.cat([ids, torch.zeros(pairs, 1, dtype=torch.long)], 1).masked_fill(~inside, 0)
-        source[torch.arange(pairs), lengths] = 2  # </s>
-        labels = permutation[(source - 4).clamp(min=0)].masked_fill(~inside, -100)
-        labels[torch.arange(pairs), lengths] = 2
-        mask = (torch.arange(length + 1) <= lengths[:, None]).long()
-        batches.append({k: v.to(device) for k, v in
-                        dict(input_ids=source, attention_mask=mask, labels=labels).items()})
+        # The target: the source's tokens stretched or shrunk, in order (so that source and target lengths differ, as
+        # in real batches), each through the permutation.
+        ratios = 1 - stretch + 2 * stretch * torch.rand(pairs, generator=generator)
+        target_lengths = (lengths * ratios).round().long().clamp(min=1)
+        aligned = torch.arange(int(target_lengths.max()))[None] * lengths[:, None] // target_lengths[:, None]
+        targets = permutation[ids.gather(1, aligned.clamp(max=length - 1)) - 4]
+        source = ended(ids, lengths, 0)
+        batches.append({"input_ids": source.to(device), "attention_mask": (source != 0).long().to(device),
+                        "labels": ended(targets, target_lengths, -100).to(device)})
     return batches
+
+
+def ended(ids: torch.Tensor, lengths: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each row's first `length` ids, then </s>, then `pad`."""
+    position = torch.arange(ids.shape[1] + 1)
+    padded = torch.cat([ids, ids.new_zeros(len(ids), 1)], 1).masked_fill(position >= lengths[:, None], pad)
+    return padded.masked_fill(position == lengths[:, None], 2)
 
 
 def pseudo_sentences(count: int, seed: int) -> list[str]:
@@ -276,7 +287,7 @@ def attention_kernels(run: Run) -> dict:
     model = new_model(run.sizes.preset, run.sizes.vocab, dropout=0.0).to(run.device).eval()
     loss_fn = training_loss()
     batches = {"padded": run.batches(1, 640, seed=1, shortest=0.1)[0],
-               "unpadded": run.batches(1, 640, seed=2, shortest=1.0)[0]}
+               "unpadded": run.batches(1, 640, seed=2, shortest=1.0, stretch=0.0)[0]}
     kernels = {"sdpa": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
                "cudnn": SDPBackend.CUDNN_ATTENTION}
     limits = {"fp32": (1e-4, 1e-3), "bf16": (5e-2, 5e-2)}
@@ -533,24 +544,23 @@ def loading(run: Run) -> dict:
 
 
 def compile_recompiles(run: Run) -> dict:
-    """torch.compile of a training step (forward + loss + backward) over batches of 10 shapes: compiles, graph
-    breaks, and the loss and gradients against eager."""
+    """torch.compile of the model, as the Trainer's torch_compile does, in training steps (forward with the labels,
+    the trainer's loss, backward) over batches of 10 shapes: compiles, graph breaks, loss and gradients vs eager."""
     from torch._dynamo.utils import counters
 
     s = run.sizes
     model = new_model(s.compile_preset, s.vocab, dropout=0.0).to(run.device).eval()  # eval: no dropout to compare
     loss_fn = training_loss()
-    backend = "eager" if run.smoke else "inductor"  # the smoke run traces (dynamo's guards) without compiling code
+    backend = "aot_eager" if run.smoke else "inductor"  # the smoke run traces forward and backward, compiles no code
 
-    def step(batch):
-        return forward_loss(model, batch, loss_fn)[1]
+    def step(forward, batch):
+        return loss_fn(forward(**batch), batch["labels"])
 
-    compiled = torch.compile(step, backend=backend)
+    compiled = torch.compile(model, backend=backend)
     reasons = RecompileReasons()
     torch._dynamo.reset()
     counters.clear()
-    shapes = [run.batches(1, run.micro_batch_tokens, seed=10 + i)[0]
-              for i in range(s.compile_shapes)]
+    shapes = varied_shapes(run, s.compile_shapes)
     per_shape, compiling, ok = [], 0, True
     with reasons:
         for batch in shapes:
@@ -559,13 +569,13 @@ def compile_recompiles(run: Run) -> dict:
                 ok = False
                 break
             model.zero_grad(set_to_none=True)
-            eager_loss = step(batch)
+            eager_loss = step(model, batch)
             eager_loss.backward()
             eager_grad = model.lm_head.weight.grad.clone()
             model.zero_grad(set_to_none=True)
             graphs = counters["stats"]["unique_graphs"]
             start = time.perf_counter()
-            loss = compiled(batch)
+            loss = step(compiled, batch)
             loss.backward()
             run.sync()
             new_graphs = counters["stats"]["unique_graphs"] - graphs
@@ -573,7 +583,7 @@ def compile_recompiles(run: Run) -> dict:
             loss_difference = abs(float(loss) - float(eager_loss)) / abs(float(eager_loss))
             grad_difference = relative(model.lm_head.weight.grad, eager_grad)
             ok &= loss_difference <= 1e-4 and grad_difference <= 1e-3
-            per_shape.append({"shape": list(batch["input_ids"].shape), "new_graphs": new_graphs,
+            per_shape.append({"shape": shape_of(batch), "new_graphs": new_graphs,
                               "seconds": round(time.perf_counter() - start, 1),
                               "loss_relative_difference": loss_difference, "grad_relative_difference": grad_difference})
             if compiling > 2 and len(per_shape) >= 3:
@@ -583,9 +593,31 @@ def compile_recompiles(run: Run) -> dict:
               "shapes_that_compiled": compiling, "graph_breaks": sum(breaks.values()),
               "first_graph_break": " ".join(next(iter(breaks)).split())[:400] if breaks else None,
               "recompile_reasons": reasons.first(3), "per_shape": per_shape}
-    record["tolerance"] = (f"<= 2 of {s.compile_shapes} batch shapes compile (the first, and one to dynamic shapes); "
-                           "loss within 1e-4 and lm_head gradient within 1e-3 of eager")
+    record["tolerance"] = (f"<= 2 of {s.compile_shapes} batch shapes compile (the first; the second, which differs in "
+                           "batch size and both lengths, with dynamic sizes); loss within 1e-4 and lm_head gradient "
+                           "within 1e-3 of eager")
     return record | {"pass": bool(ok and compiling <= 2)} | needs_cuda(run, "inductor code generation")
+
+
+def shape_of(batch) -> list[int]:
+    """[pairs, source length, target length]."""
+    return [*batch["input_ids"].shape, batch["labels"].shape[1]]
+
+
+def varied_shapes(run: Run, count: int) -> list:
+    """`count` token batches of different shapes, none with a size of 1 (torch specialises 0 and 1), the second
+    differing from the first in every size: under torch.compile's default (dynamic=None) the first compiles with
+    static sizes, the second with dynamic ones, which should then serve every later shape."""
+    batches = []
+    for seed in range(10, 10_000):
+        batch, shapes = run.batches(1, run.micro_batch_tokens, seed=seed)[0], [shape_of(b) for b in batches]
+        shape = shape_of(batch)
+        if 1 in shape or shape in shapes or len(batches) == 1 and any(a == b for a, b in zip(shape, shapes[0])):
+            continue
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    return batches
 
 
 class RecompileReasons(logging.Handler):
