@@ -69,19 +69,30 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.register_buffer("weight", table, persistent=False)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.weight[positions]
+        return F.embedding(positions, self.weight)
 
 
 def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, allow_ignore_index: bool = False) -> None:
-    """Raise a ValueError for ids outside the vocabulary, instead of an index error deep inside torch."""
+    """Raise a ValueError for ids outside the vocabulary, instead of an index error deep inside torch.
+
+    Reading the answer on the host would wait for the device every forward on an accelerator: there the check is
+    torch._assert_async, which fails at the next synchronisation (on CUDA, as a device-side assert) and never stalls.
+    """
     if ids.numel() == 0 or torch.compiler.is_compiling():
         return
     valid = (ids >= 0) & (ids < vocab_size)
     if allow_ignore_index:
         valid |= ids == -100
-    if not bool(valid.all()):
+    if not on_host(ids):
+        torch._assert_async(valid.all(), f"{name} contains an id outside the vocabulary of {vocab_size} tokens")
+    elif not bool(valid.all()):
         bad = ids[~valid][0].item()
         raise ValueError(f"{name} contains id {bad}, outside the vocabulary of {vocab_size} tokens")
+
+
+def on_host(tensor: torch.Tensor) -> bool:
+    """Whether reading a value of `tensor` costs no wait for a device: it is on the CPU."""
+    return tensor.is_cpu
 
 
 def fused_linear(d_model: int, parts: int) -> nn.Linear:
@@ -262,6 +273,9 @@ class VanillaTransformerPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    # Not FlashAttention nor flex attention (transformers refuses them by name): the masks here are boolean
+    # (batch, 1, queries, keys) tensors and a causal flag, where transformers' flash kernels take 2-D padding masks
+    # and its flex kernel an additive mask or a BlockMask, and neither would see the causal flag without a mask.
     _no_split_modules = ["EncoderLayer", "DecoderLayer"]
     # Parameters saved under another name by earlier versions (old -> new), read by from_pretrained.
     renamed_parameters = {"final_layer_norm": "ffn_layer_norm"}
@@ -350,20 +364,34 @@ class TransformerStack(VanillaTransformerPreTrainedModel):
         self.layers = nn.ModuleList(self.layer_class(config, layer_idx=i) for i in range(num_layers))
 
     def embed(self, input_ids, inputs_embeds, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The embedded tokens at `positions` (0, 1, ... by default)."""
+        """The embedded tokens at `positions` (0, 1, ... by default; other positions are checked by the caller)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             check_token_ids("input_ids", input_ids, self.embed_tokens.num_embeddings)
             inputs_embeds = self.embed_tokens(input_ids)
         if positions is None:
+            self.check_length(0, inputs_embeds.shape[1])
             positions = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
-        if not torch.compiler.is_compiling() and positions[-1] >= self.config.max_position_embeddings:
-            raise ValueError(f"sequence of {int(positions[-1]) + 1} tokens exceeds "
-                             f"max_position_embeddings={self.config.max_position_embeddings}")
-        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16.
-        hidden_states = inputs_embeds * self.embed_scale + self.embed_positions(positions).to(inputs_embeds.dtype)
-        return apply_dropout(hidden_states, self.config.dropout, self.training)
+        # The sinusoid buffer stays fp32 when from_pretrained(dtype=torch.bfloat16) loads the weights in bf16, and
+        # device_map="auto" may put the positions on another device than the embeddings (as Bart moves them).
+        encodings = self.embed_positions(positions).to(inputs_embeds.device, inputs_embeds.dtype)
+        return apply_dropout(inputs_embeds * self.embed_scale + encodings, self.config.dropout, self.training)
+
+    def check_length(self, past_length, length: int) -> None:
+        """Raise a ValueError for a sequence beyond max_position_embeddings, from its shape: no device sync.
+
+        Only a static cache holds its length in a tensor (on its device): there it is checked as the token ids are.
+        """
+        end, limit = past_length + length, self.config.max_position_embeddings
+        if isinstance(end, torch.Tensor):
+            if torch.compiler.is_compiling():
+                return
+            if not on_host(end):
+                torch._assert_async(end <= limit, f"a sequence exceeds max_position_embeddings={limit}")
+                return
+        if end > limit:
+            raise ValueError(f"sequence of {int(end)} tokens exceeds max_position_embeddings={limit}")
 
     def final_norm(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The last layer's output, through the final LayerNorm of a pre-norm stack."""
@@ -423,7 +451,7 @@ class TransformerDecoder(TransformerStack):
         """
         query_length = len(positions)
         if attention_mask is None and static_length is None and (past_length == 0 or query_length == 1):
-            return None, query_length > 1
+            return None, True if query_length > 1 else False  # a bool: SDPA refuses a symbolic one (compile, dynamic)
         key_length = static_length or past_length + query_length
         query_positions = positions[:, None]
         key_positions = torch.arange(key_length, device=positions.device)[None, :]
@@ -451,6 +479,7 @@ class TransformerDecoder(TransformerStack):
         # An int, or a tensor for a static cache, which keeps its length on the device.
         past_length = cache.get_seq_length() if cache is not None else 0
         query_length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        self.check_length(past_length, query_length)
         positions = past_length + torch.arange(query_length, device=self.embed_tokens.weight.device)
         hidden_states = self.embed(input_ids, inputs_embeds, positions)
         causal_mask, is_causal = self.self_attention_mask(attention_mask, positions, past_length, static_length(cache))
@@ -625,15 +654,18 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         # predicted next-token probabilities" (Section 3.4); the softmax is left to the loss and to generate().
         logits = self.lm_head(outputs.last_hidden_state)
         if self.final_logits_bias is not None:
-            logits = logits + self.final_logits_bias
+            logits = logits + self.final_logits_bias.to(logits.device)  # device_map="auto" may place it elsewhere
 
         loss = None
         if labels is not None:
             # Plain cross-entropy, as transformers' seq2seq models return. Label smoothing of value 0.1, which "hurts
             # perplexity ... but improves accuracy and BLEU" (Section 5.4), is a setting of training: the trainer
             # smooths the logits' loss (TrainingArguments.label_smoothing_factor).
+            labels = labels.to(logits.device)
             loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), 0.0)
-            loss = loss / (num_items_in_batch or (labels != -100).sum())
+            # `is None`, not `or`: the truth of a tensor count would wait for the device.
+            count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+            loss = loss / count
         return with_cache(
             Seq2SeqLMOutput, cache_of(outputs), loss=loss, logits=logits,
             decoder_hidden_states=outputs.decoder_hidden_states, decoder_attentions=outputs.decoder_attentions,

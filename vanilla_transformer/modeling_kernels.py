@@ -1,6 +1,8 @@
-"""CPU speed kernels of the model: they change no result, only how fast it is computed (benchmarks/ measure each).
+"""Speed kernels of the model, mostly for CPU: they change no result, only how fast it is computed (benchmarks/
+measure each).
 
-- LabelSmoothedCrossEntropy: the loss and its gradient in one pass per chunk of rows, in fp32 whatever the logits'.
+- LabelSmoothedCrossEntropy: the loss and its gradient in one pass per chunk of rows, in fp32 whatever the logits';
+  chunks sized for the CPU's cache there, for few kernel launches on an accelerator.
 - InvertedDropout: dropout whose mask costs a quarter of the random draws.
 - attention_function: the attention kernel of each call; by default per shape and CPU class (prefers_eager: plain
   matmuls or SDPA), from measurements.
@@ -28,17 +30,21 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy against the smoothed target (1 - eps) * one-hot + eps / V; labels of -100 count nothing.
 
     It equals F.cross_entropy(logits.float(), labels, label_smoothing=eps, reduction="sum"). The gradient,
-    softmax(logits) - target, is written in one pass per chunk of rows, in fp32 whatever the logits' dtype, so
-    neither the log-probabilities nor an fp32 copy of bf16 logits is ever held whole (benchmarks/bench_loss.py).
+    softmax(logits) - target, is written in one pass per chunk of rows (row_chunks), in fp32 whatever the logits'
+    dtype, so the log-probabilities are never held, nor an fp32 copy of bf16 logits beyond one chunk
+    (benchmarks/bench_loss.py).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, epsilon: float,
+                device_type: str | None = None) -> torch.Tensor:
+        """The summed loss; `device_type` picks whose chunks to use (the logits' device by default)."""
         valid = labels != -100
         target = labels.masked_fill(~valid, 0)
         log_normalizer = logits.new_empty(len(logits), dtype=torch.float32)
         losses = torch.empty_like(log_normalizer)
-        for rows in row_chunks(logits):
+        ctx.chunks = row_chunks(logits, device_type or logits.device.type)
+        for rows in ctx.chunks:
             z = logits[rows].float()
             log_normalizer[rows] = z.logsumexp(-1)
             # -sum_k q_k log p_k = logsumexp(z) - (1 - eps) z_y - eps mean_k(z_k)
@@ -50,12 +56,12 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         logits, log_normalizer, target, valid = ctx.saved_tensors
         epsilon, vocab = ctx.epsilon, logits.shape[-1]
         weight = (grad_loss * valid).float()[:, None]
         grad = torch.empty_like(logits)
-        for rows in row_chunks(logits):
+        for rows in ctx.chunks:
             # Computed in place in an fp32 gradient; through an fp32 copy of the chunk for a bf16 one.
             out = grad[rows]
             g = out.copy_(logits[rows]) if out.dtype == torch.float32 else logits[rows].float()
@@ -64,7 +70,7 @@ class LabelSmoothedCrossEntropy(torch.autograd.Function):
             g.mul_(weight[rows])
             if g is not out:
                 out.copy_(g)
-        return grad, None, None
+        return grad, None, None, None
 
 
 class InvertedDropout(torch.autograd.Function):
@@ -99,8 +105,17 @@ def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return F.dropout(x, p, training)
 
 
-def row_chunks(logits: torch.Tensor, elements: int = 1 << 21) -> list[slice]:
-    """Slices of rows holding about `elements` values (8 MB in fp32): small enough to stay in the CPU's cache."""
+def row_chunks(logits: torch.Tensor, device_type: str) -> list[slice]:
+    """The slices of rows that LabelSmoothedCrossEntropy computes one at a time on a device of `device_type`.
+
+    On CPU, 2^21 values (8 MB in fp32), which stay in its cache. An accelerator is bound by kernel launches (some 30
+    per chunk), not by a cache: 2^28 values (1 GiB in fp32) per chunk, so that a micro-batch of 6,250 tokens over a
+    37k vocabulary is one chunk, not 112. Under torch.compile, one chunk of all rows: a loop over the rows would
+    guard on their number (a recompile per batch shape), and the compiler fuses the passes itself.
+    """
+    if torch.compiler.is_compiling():
+        return [slice(None)]
+    elements = 1 << 21 if device_type == "cpu" else 1 << 28
     step = max(1, elements // logits.shape[-1])
     return [slice(start, start + step) for start in range(0, len(logits), step)]
 
@@ -110,7 +125,8 @@ def attention_function(config, query: torch.Tensor, output_attentions: bool, eag
 
     `eager` (the model's plain matmul-softmax-matmul, the only kernel that returns the weights) when the weights are
     asked for, or under the default SDPA_BY_SHAPE where prefers_eager finds it faster for this query; otherwise the
-    kernel config._attn_implementation names ("sdpa", "eager", flash, flex), at every shape.
+    kernel config._attn_implementation names ("sdpa", "eager", or one registered with AttentionInterface), at every
+    shape. FlashAttention and flex attention are refused by the model class (VanillaTransformerPreTrainedModel).
     """
     name = config._attn_implementation
     if output_attentions or (name == SDPA_BY_SHAPE and prefers_eager(query)):
@@ -123,9 +139,10 @@ def prefers_eager(query: torch.Tensor, capability: str | None = None) -> bool:
 
     `capability` is torch's name for the CPU's vector instructions (torch.backends.cpu.get_cpu_capability(), which
     ATEN_CPU_CAPABILITY overrides); the crossings were measured on an AVX-512 BF16 CPU and an AVX2-only one, and any
-    other CPU, like any other device, keeps SDPA. docs/performance.md has the tables.
+    other CPU, like any other device, keeps SDPA. docs/performance.md has the tables. Under torch.compile, SDPA at
+    every shape: the crossings are eager ones, and each would be a guard on the batch shape (a recompile).
     """
-    if not query.is_cpu:
+    if not query.is_cpu or torch.compiler.is_compiling():
         return False
     capability = capability or cpu_capability()
     batch, _, query_length, _ = query.shape
