@@ -153,20 +153,23 @@ def test_fsdp_sharded_checkpoints_resume_but_are_not_averaged(fsdp_runs, tmp_pat
 
 
 def test_averaging_is_refused_up_front_where_the_backend_keeps_no_whole_weights():
-    sharded = SimpleNamespace(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2,
-                                                                         state_dict_type="SHARDED_STATE_DICT"))
-    message = whole_weights_problem(sharded, 5)
-    assert "average_last=5: FSDP with SHARDED_STATE_DICT" in message and "fsdp_state_dict_type: FULL_STATE_DICT" in \
-        message
-    assert whole_weights_problem(sharded, 0) is None  # the final model is gathered whatever the state dict type
-    full = SimpleNamespace(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="FULL_STATE_DICT"))
-    assert whole_weights_problem(full, 5) is None
-    zero3 = SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3))
-    message = whole_weights_problem(zero3, 0)
+    def fsdp(state_dict_type: str) -> SimpleNamespace:
+        return SimpleNamespace(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2,
+                                                                          state_dict_type=state_dict_type))
+
+    def deepspeed(**settings) -> SimpleNamespace:
+        return SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(**settings))
+
+    message = whole_weights_problem(fsdp("SHARDED_STATE_DICT"), 5)
+    assert "average_last=5: FSDP with SHARDED_STATE_DICT" in message
+    assert "fsdp_state_dict_type: FULL_STATE_DICT" in message
+    # The final model is gathered whatever the state dict type.
+    assert whole_weights_problem(fsdp("SHARDED_STATE_DICT"), 0) is None
+    assert whole_weights_problem(fsdp("FULL_STATE_DICT"), 5) is None
+    message = whole_weights_problem(deepspeed(zero_stage=3), 0)
     assert "DeepSpeed ZeRO-3" in message and "stage3_gather_16bit_weights_on_model_save: true" in message
-    assert whole_weights_problem(SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=3,
-                                                                                  zero3_save_16bit_model=True)), 5) is None
-    assert whole_weights_problem(SimpleNamespace(deepspeed_plugin=DeepSpeedPlugin(zero_stage=2)), 5) is None
+    assert whole_weights_problem(deepspeed(zero_stage=3, zero3_save_16bit_model=True), 5) is None
+    assert whole_weights_problem(deepspeed(zero_stage=2), 5) is None
     assert whole_weights_problem(SimpleNamespace(), 5) is None  # DDP
 
 
