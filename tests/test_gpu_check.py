@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, tiny_model
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 CHECKS = ["environment", "loss_kernel", "attention_kernels", "precision_training", "throughput",
@@ -59,3 +59,25 @@ def test_a_failing_check_is_reported_and_the_others_run(monkeypatch, capsys):
     environment, failed = (json.loads(line) for line in capsys.readouterr().out.splitlines()[1:])
     assert failed["check"] == "loss_kernel" and failed["error"].startswith("RuntimeError: CUDA error")
     assert failed["at"].startswith("test_gpu_check.py:") and environment["pass"] is True
+
+
+def test_a_given_model_is_decoded_and_loaded(tmp_path):
+    from vanilla_transformer import train_tokenizer
+    from vanilla_transformer.model_folder import make_portable
+
+    folder = tmp_path / "model"
+    tokenizer = train_tokenizer(texts=["A dog runs.", "Ein Hund rennt."] * 20, vocab_size=300, show_progress=False)
+    tiny_model(vocab_size=len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    make_portable(folder)
+    _, decoding, loading = gpu_check(tmp_path, "--cpu-smoke", "--model", str(folder), "--only", "cpu_vs_cuda_decoding",
+                                     "load_and_pipeline")
+    for record in (decoding, loading):  # an untrained model: its text may be empty, but the checks run
+        assert "error" not in record and record["model"] == f"given: {folder}", record
+    assert decoding["greedy"]["identical_to_cpu_fp32_cuda_fp32"] == "16/16"
+
+
+def test_a_model_folder_without_config_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--model", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and f"--model {tmp_path}: no config.json there" in result.stderr
