@@ -11,16 +11,17 @@ from .evaluation import evaluate_split
 
 def evaluate_and_report(translate_lines: Callable[[list[str]], list[str]], pairs, split: str, langs: tuple[str, str],
                         out_dir: Path, num_beams: int, length_penalty: float, *, model: str, engine: str,
-                        data: str) -> dict:
+                        data: str, device: str | None = None, dtype: str | None = None) -> dict:
     """Translate and score the split as evaluate_split does, timed, and write out_dir/report.json; returns the report.
 
-    model, engine and data say what was evaluated; they open the report.
+    model, engine and data say what was evaluated; they open the report. device and dtype say where it ran (the
+    evaluate command's LineTranslator knows; None where the caller does not say).
     """
     start = time.perf_counter()
     result = evaluate_split(translate_lines, pairs, split, langs, out_dir, num_beams, length_penalty)
     seconds = time.perf_counter() - start
-    report = {"model": model, "engine": engine, "data": data, "direction": "-".join(langs),
-              **dataclasses.asdict(result), "seconds": round(seconds, 1),
+    report = {"model": model, "engine": engine, "data": data, "direction": "-".join(langs), "device": device,
+              "dtype": dtype, **dataclasses.asdict(result), "seconds": round(seconds, 1),
               "sentences_per_s": round(result.sentences / seconds, 1)}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report

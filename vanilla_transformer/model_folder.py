@@ -4,6 +4,7 @@ translate in a Python where this package is not installed."""
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, PretrainedConfig
 from transformers.dynamic_module_utils import custom_object_save
@@ -16,6 +17,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "*.s
 # The tokenizer files that are JSON, read first so that a broken one is named (transformers' error names none).
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 from .tokenization import VanillaTransformerTokenizer
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def model_source(source: str | Path, needs: tuple[str, ...] = ("config.json",)) -> str:
@@ -37,12 +40,34 @@ def model_source(source: str | Path, needs: tuple[str, ...] = ("config.json",)) 
     return text
 
 
-def load_checked_model(source: str):
-    """The model saved in a folder (or Hub repo), refused with the folder named when its weights cannot be read or do
-    not fit its config.json (transformers would give a traceback, or newly initialised weights with a warning)."""
+def accelerator() -> torch.device:
+    """The device a model runs on unless told otherwise: CUDA, else MPS or XPU where torch reports one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    if torch.xpu.is_available():
+        return torch.device("xpu")
+    return torch.device("cpu")
+
+
+def native_dtype(device: torch.device) -> str:
+    """The dtype a model runs in on `device` unless told otherwise: bf16 on a CUDA card of compute capability 8.0 or
+    more (Ampere on), fp16 on 7.x (Volta, Turing: fp16 tensor cores, bf16 only emulated), fp32 elsewhere: the CPU
+    (bf16 pays only with AVX-512 BF16 or AMX, and is asked for), older cards, and MPS and XPU, unchecked here."""
+    if device.type != "cuda":
+        return "fp32"
+    major, _ = torch.cuda.get_device_capability(device)
+    return "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
+
+
+def load_checked_model(source: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """The model saved in a folder (or Hub repo) on `device`, in `dtype` (None: as transformers loads it), refused with
+    the folder named when its weights cannot be read or do not fit its config.json (transformers would give a
+    traceback, or newly initialised weights with a warning)."""
     try:
         model, loading = AutoModelForSeq2SeqLM.from_pretrained(source, ignore_mismatched_sizes=True,
-                                                               output_loading_info=True)
+                                                               output_loading_info=True, dtype=dtype)
     except SafetensorError as error:
         raise ValueError(f"{source}: its safetensors weights cannot be read ({error}): the file is cut short or not "
                          "safetensors; copy or download it again") from None
@@ -54,7 +79,7 @@ def load_checked_model(source: str):
         if keys:
             listed = ", ".join(sorted(keys)[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
             raise ValueError(f"{source}: config.json does not describe these weights: {listed} {what}")
-    return model
+    return model.to(device)
 
 
 def model_direction(source: str) -> tuple[str, str] | None:

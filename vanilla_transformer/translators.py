@@ -2,25 +2,50 @@
 generate() on a model folder, or CTranslate2 on a folder made by export-ctranslate2."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .model_folder import load_checked_model, load_tokenizer, model_source
+import torch
+
+from .model_folder import DTYPES, accelerator, load_checked_model, load_tokenizer, model_source, native_dtype
 
 ENGINES = ("torch", "ctranslate2")
 
-LineTranslator = Callable[..., list[str]]  # (lines, first_line=1) -> one translation per line
+
+@dataclass(frozen=True)
+class LineTranslator:
+    """translate_lines(lines, first_line=1) -> one translation per line, and where it runs: the device and the
+    dtype (the torch engine's) or compute type (CTranslate2's) it translates in."""
+
+    translate_lines: Callable[[list[str], int], list[str]]
+    device: str
+    dtype: str
+
+    def __call__(self, lines: list[str], first_line: int = 1) -> list[str]:
+        return self.translate_lines(lines, first_line)
 
 
-def load_model(folder: str):
-    """A model folder written by this package (or any folder of a transformers seq2seq model) and its tokenizer."""
+def load_model(folder: str, device: torch.device | str = "auto", dtype: str = "auto"):
+    """A model folder written by this package (or any folder of a transformers seq2seq model) on `device` in `dtype`
+    (auto: the accelerator, and the type it computes natively; see placement), and its tokenizer."""
     folder = model_source(folder)
-    return load_checked_model(folder).eval(), load_tokenizer(folder, "translating needs it")
+    device, dtype = placement(device, dtype)
+    model = load_checked_model(folder, device, DTYPES[dtype]).eval()
+    return model, load_tokenizer(folder, "translating needs it")
+
+
+def placement(device: torch.device | str, dtype: str) -> tuple[torch.device, str]:
+    """The device (auto: CUDA, else MPS or XPU where torch has one, else the CPU) and dtype (auto: bf16 on a CUDA card
+    of compute capability 8.0 or more, fp16 on 7.x, else fp32) the torch engine translates in."""
+    device = accelerator() if device == "auto" else torch.device(device)
+    return device, native_dtype(device) if dtype == "auto" else dtype
 
 
 def line_translator(model: str, engine: str = "torch", *, num_beams: int, length_penalty: float, batch_size: int,
-                    progress: bool = False, compute_type: str = "default", inter_threads: int | None = None,
-                    intra_threads: int = 1) -> LineTranslator:
+                    progress: bool = False, device: str = "auto", dtype: str = "auto", compute_type: str = "default",
+                    inter_threads: int | None = None, intra_threads: int = 1) -> LineTranslator:
     """translate_lines(lines, first_line=1) -> translations with `engine` on the folder `model`; first_line numbers
-    the first line in warnings. compute_type and the threads are CTranslate2's (the optional extra)."""
+    the first line in warnings. device and dtype as load_model takes them; compute_type and the threads are
+    CTranslate2's (the optional extra), which runs on cpu or cuda and has no dtype but its compute type."""
     # Imported here, as the engines are: evaluate and datasets take a third of a second, which a command's --help or
     # another command should not wait for.
     from .evaluation import decoding_settings, translate
@@ -29,18 +54,27 @@ def line_translator(model: str, engine: str = "torch", *, num_beams: int, length
         raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
     settings = dict(batch_size=batch_size, **decoding_settings(num_beams, length_penalty))
     if engine == "ctranslate2":
+        if dtype != "auto":
+            raise ValueError(f"--dtype {dtype} is the torch engine's: the ctranslate2 engine computes in its "
+                             "--compute-type (e.g. float16, bfloat16, int8)")
+        if device == "auto":
+            device = "cuda" if accelerator().type == "cuda" else "cpu"
+        if device not in ("cpu", "cuda", "cuda:0"):
+            raise ValueError(f"--device {device}: the ctranslate2 engine runs on cpu or cuda (its first card)")
         from .engines.ctranslate2 import Translator
 
-        translator = Translator(model, compute_type=compute_type, inter_threads=inter_threads,
-                                intra_threads=intra_threads)
+        translator = Translator(model, device=device.removesuffix(":0"), compute_type=compute_type,
+                                inter_threads=inter_threads, intra_threads=intra_threads)
         settings.pop("early_stopping")  # the engine stops a beam at </s> always
 
-        def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
+        def translate_lines(lines: list[str], first_line: int) -> list[str]:
             return translator.translate(lines, first_line=first_line, **settings)
-    else:
-        loaded, tokenizer = load_model(model)
 
-        def translate_lines(lines: list[str], first_line: int = 1) -> list[str]:
-            return translate(loaded, tokenizer, lines, progress=progress, first_line=first_line, **settings)
+        return LineTranslator(translate_lines, device, translator.translator.compute_type)
+    device, dtype = placement(device, dtype)
+    loaded, tokenizer = load_model(model, device, dtype)
 
-    return translate_lines
+    def translate_lines(lines: list[str], first_line: int) -> list[str]:
+        return translate(loaded, tokenizer, lines, progress=progress, first_line=first_line, **settings)
+
+    return LineTranslator(translate_lines, str(loaded.device), dtype)

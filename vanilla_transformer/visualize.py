@@ -22,7 +22,7 @@ def cross_attention(model, tokenizer, source: str, layer: int | None = None, hea
         if value is not None and not 0 <= value < count:
             raise ValueError(f"--{name} {value}: the model has {count} decoder {name}s, numbered 0 to {count - 1}")
     model.eval()
-    batch = tokenizer([source], return_tensors="pt")
+    batch = tokenizer([source], return_tensors="pt").to(model.device)
     output = model.generate(**batch, **generate_kwargs)[0]
     target = output[1:]  # without the decoder start token
     if (target == tokenizer.eos_token_id).any():
@@ -42,7 +42,7 @@ def plot_attention(model, tokenizer, source: str, path: str | Path, layer: int |
     source_tokens = [tokenizer.decode([i]) for i in source_ids]
     target_tokens = [tokenizer.decode([i]) for i in target]
     figure, axis = plt.subplots(figsize=(0.45 * len(source_tokens) + 2, 0.4 * len(target_tokens) + 2))
-    axis.imshow(weights.float().numpy(), cmap="viridis", aspect="auto")
+    axis.imshow(weights.float().cpu().numpy(), cmap="viridis", aspect="auto")
     axis.set_xticks(range(len(source_tokens)), source_tokens, rotation=90)
     axis.set_yticks(range(len(target_tokens)), target_tokens)
     where = f"layer {layer}" if layer is not None else "mean of layers"

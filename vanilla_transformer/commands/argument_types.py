@@ -3,6 +3,10 @@ naming the option, before a model is loaded."""
 
 import argparse
 
+import torch
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
 
 def positive_int(text: str) -> int:
     """An integer of at least 1 (a batch size, a beam count, a number of threads)."""
@@ -26,6 +30,27 @@ def positive_even_int(text: str) -> int:
     if value % 2:
         raise argparse.ArgumentTypeError(f"must be even, not {value}")
     return value
+
+
+def device_argument(text: str) -> str:
+    """auto, or a device that torch has here: cpu, cuda, cuda:N, mps or xpu."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:  # torch's message lists twenty device types, most of which it was not built for
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda, cuda:N, mps, xpu or auto")
+    if device.type == "cpu":
+        return "cpu"
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type)
+    if not backend.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch {torch.__version__} sees no {device.type} device here")
+    count = getattr(torch, device.type).device_count()
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: torch sees {count} {device.type} device(s) here, numbered from 0")
+    return str(device)
 
 
 def int_argument(text: str) -> int:

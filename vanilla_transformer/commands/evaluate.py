@@ -33,9 +33,11 @@ def run(args: argparse.Namespace) -> None:
     pairs = load_parallel(args.data, (args.src, args.tgt), splits=[args.split])[args.split]
     out = Path(args.out or Path(args.model) / f"eval-{args.split}.{args.src}-{args.tgt}")
     report = evaluate_and_report(translate_lines, pairs, args.split, (args.src, args.tgt), out, args.num_beams,
-                                 args.length_penalty, model=args.model, engine=args.engine, data=str(args.data))
+                                 args.length_penalty, model=args.model, engine=args.engine, data=str(args.data),
+                                 device=translate_lines.device, dtype=translate_lines.dtype)
     print(f"{args.split} {args.src}->{args.tgt}: sacreBLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  "
-          f"({report['sentences']} sentences, {report['sentences_per_s']} sentences/s)")
+          f"({report['sentences']} sentences, {report['sentences_per_s']} sentences/s on {report['device']} in "
+          f"{report['dtype']})")
     print(f"BLEU signature: {report['bleu_signature']}")
     print(f"chrF signature: {report['chrf_signature']}")
     print(f"hypotheses and report.json in {out}")

@@ -1,9 +1,11 @@
-"""The decoding and engine options that evaluate and translate share, and the translate_lines they choose."""
+"""The decoding and engine options that evaluate and translate share, and the translate_lines they choose; the
+device options, which show-attention takes too."""
 
 import argparse
 
+from ..model_folder import DTYPES
 from ..translators import ENGINES, LineTranslator, line_translator
-from .argument_types import positive_int
+from .argument_types import device_argument, positive_int
 
 
 def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -12,14 +14,27 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="ctranslate2: MODEL is a folder made by export-ctranslate2")
-    parser.add_argument("--compute-type", default="default", help="ctranslate2's, e.g. int8, float32")
+    parser.add_argument("--compute-type", default="default",
+                        help="ctranslate2's precision, e.g. int8, float32 (--dtype is the torch engine's); "
+                             "ctranslate2 runs on --device cpu or cuda")
     parser.add_argument("--inter-threads", type=positive_int, default=None,
                         help="ctranslate2: workers translating batches side by side (default: the cores / intra)")
     parser.add_argument("--intra-threads", type=positive_int, default=1, help="ctranslate2: threads per worker")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=device_argument, default="auto",
+                        help="cpu, cuda, cuda:N, mps or xpu (default: auto, the accelerator torch sees: CUDA, else "
+                             "MPS or XPU, else the CPU)")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="the model's weights and arithmetic (default: auto, bf16 on a CUDA card of compute "
+                             "capability 8.0 or more, fp16 on 7.x, else fp32)")
 
 
 def translator_for(args: argparse.Namespace, progress: bool) -> LineTranslator:
     """translate_lines(lines, first_line) for the command's model, engine and decoding options."""
     return line_translator(args.model, args.engine, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                           batch_size=args.batch_size, progress=progress, compute_type=args.compute_type,
-                           inter_threads=args.inter_threads, intra_threads=args.intra_threads)
+                           batch_size=args.batch_size, progress=progress, device=args.device, dtype=args.dtype,
+                           compute_type=args.compute_type, inter_threads=args.inter_threads,
+                           intra_threads=args.intra_threads)
