@@ -61,8 +61,8 @@ def test_accelerator_loss_path_takes_few_operators_per_call():
         with OpCounter() as counter:
             loss_and_gradient(logits, labels, 0.1, device_type)
         operators[device_type] = sum(counter.counts.values())
-    assert operators["cuda"] <= 30, operators  # one chunk
-    assert operators["cpu"] > 2000, operators  # 112 chunks of 56 rows
+    assert operators["cuda"] <= 40, operators  # one chunk: 29 operators with torch 2.13
+    assert operators["cpu"] > 1500, operators  # 112 chunks of 56 rows, 18 operators each
 
 
 def compile_counter():

@@ -108,10 +108,11 @@ def apply_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 def row_chunks(logits: torch.Tensor, device_type: str) -> list[slice]:
     """The slices of rows that LabelSmoothedCrossEntropy computes one at a time on a device of `device_type`.
 
-    On CPU, 2^21 values (8 MB in fp32), which stay in its cache. An accelerator is bound by kernel launches (some 30
-    per chunk), not by a cache: 2^28 values (1 GiB in fp32) per chunk, so that a micro-batch of 6,250 tokens over a
-    37k vocabulary is one chunk, not 112. Under torch.compile, one chunk of all rows: a loop over the rows would
-    guard on their number (a recompile per batch shape), and the compiler fuses the passes itself.
+    On CPU, 2^21 values (8 MB in fp32), which stay in its cache. An accelerator is bound by kernel launches (18
+    operators per chunk), not by a cache: 2^28 values (1 GiB in fp32) per chunk, so that a micro-batch of 6,250
+    tokens over a 37k vocabulary is one chunk, 29 operators, not 112 chunks and 2,027 (benchmarks/bench_loss.py).
+    Under torch.compile, one chunk of all rows: a loop over the rows would guard on their number (a recompile per
+    batch shape), and the compiler fuses the passes itself.
     """
     if torch.compiler.is_compiling():
         return [slice(None)]
