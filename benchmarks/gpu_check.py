@@ -101,7 +101,7 @@ class Run:
 def recipe_batch(path: Path) -> dict:
     """The base recipe's micro-batch and warmup, read from its YAML (6250 and 4000 where it does not say)."""
     training = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("training") or {}
-    micro = training.get("micro_batch_tokens") or training.get("max_tokens")
+    micro = training.get("micro_batch_tokens") or training.get("update_tokens")
     return {"recipe": str(path.relative_to(REPO) if path.is_relative_to(REPO) else path),
             "micro_batch_tokens": int(micro or 6250), "micro_batch_tokens_from": "recipe" if micro else "default",
             "warmup_steps": int(training.get("warmup_steps", 4000))}

@@ -53,7 +53,7 @@ def render_card(run_dir: str | Path, repo_id: str = "your-name/your-model") -> M
         length_penalty=generation.length_penalty, max_length_offset=generation.max_length_offset,
         dataset=dataset, train_pairs=f"{results.train_pairs:,}", cleaning=results.cleaning,
         validation=recipe.data.validation, recipe_name=recipe.name, steps=results.steps,
-        max_tokens=training.update_tokens, adam_beta2=training.adam_beta2, adam_epsilon=training.adam_epsilon,
+        update_tokens=training.update_tokens, adam_beta2=training.adam_beta2, adam_epsilon=training.adam_epsilon,
         lr_scale=training.lr_scale, warmup_steps=training.warmup_steps, dropout=config.dropout,
         label_smoothing=training.label_smoothing, averaged=", ".join(results.averaged_checkpoints),
         train_minutes=round(results.train_seconds / 60, 1), machine=results.machine,

@@ -126,8 +126,11 @@ class LabelSmoothedLoss:
 
     def __call__(self, outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
+        labels = labels.to(logits.device)  # a model dispatched over devices (device_map) ends on the head's
         loss = LabelSmoothedCrossEntropy.apply(logits.flatten(0, 1), labels.flatten(), self.epsilon)
-        return loss / (num_items_in_batch or (labels != -100).sum())
+        # `is None`, not `or`: transformers passes a device tensor, whose truth would sync on every micro-batch.
+        tokens = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+        return loss / tokens
 
 
 class SamplerEpoch(TrainerCallback):
