@@ -271,9 +271,10 @@ def save_final_model(trainer: TranslationTrainer, recipe: Recipe
     return on_every_process(model, trainer.model, accelerator), averaged
 
 
-def plain_model(trained, weights: dict) -> VanillaTransformerForConditionalGeneration:
-    """A model of the trained one's config and decoding holding the weights: the trained model itself is wrapped or
-    sharded by the backend (FSDP2 even changes its class, which save_pretrained would name in config.json)."""
+def plain_model(trained, weights: dict | None) -> VanillaTransformerForConditionalGeneration:
+    """A model of the trained one's config and decoding, holding the weights if given: the trained model itself is
+    wrapped or sharded by the backend (FSDP2 even changes its class, which save_pretrained would name in
+    config.json)."""
     model = VanillaTransformerForConditionalGeneration(trained.config)
     model.generation_config = copy.deepcopy(trained.generation_config)
     if weights is not None:
