@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> None:
     import transformers
 
     from ..hub.card import render_card
+    from ..training.prepare import process_state
     from ..training.recipe import load_recipe
     from ..training.run import train
 
@@ -30,7 +31,14 @@ def run(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe, args.set)
     if args.output_dir:
         recipe.output_dir = args.output_dir
-    results = train(recipe, resume=args.resume, overwrite=args.overwrite)
+    state = process_state(recipe.training.ddp_timeout)
+    try:
+        results = train(recipe, resume=args.resume, overwrite=args.overwrite)
+        state.wait_for_everyone()  # no process leaves while the main one still writes the run folder
+    finally:
+        # The process group's threads joined before the interpreter exits: left to exit, a process of a
+        # multi-machine launch sometimes aborted ("terminate called without an active exception").
+        state.destroy_process_group()
     if results is None:
         return  # not the main process of a distributed run
     render_card(recipe.run_dir)
