@@ -362,8 +362,8 @@ def write_run_record(recipe: Recipe, results: RunResults, log_history: list[dict
 
 
 def write_log_csv(log_history: list[dict], path: Path) -> None:
-    columns = ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "padding_fraction",
-               "eval_loss", "eval_bleu", "eval_chrf"]
+    columns = ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "update_tokens",
+               "padding_fraction", "eval_loss", "eval_bleu", "eval_chrf"]
     lines = [",".join(columns)]
     for entry in log_history:
         lines.append(",".join(str(entry.get(c, "")) for c in columns))
