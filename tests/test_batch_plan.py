@@ -217,3 +217,18 @@ def test_one_and_two_processes_train_on_the_same_tokens_per_update(small_corpus,
     # The same micro-batches make each update: 1 process takes two in a row, 2 processes one each of the same two;
     # the counts of both processes are summed in what is logged.
     assert logged[1] == logged[2]
+
+
+def test_each_run_trains_in_its_recipes_precision_after_another_in_the_same_process(small_corpus, tmp_path):
+    # transformers 4.x wrote a bf16 run's precision into ACCELERATE_MIXED_PRECISION, which an fp32 run's Trainer
+    # then read in the same process: it trained in bf16 (a diverging-run test passed alone and failed in the suite).
+    import datasets
+
+    from vanilla_transformer.training.trainer import TranslationTrainer
+
+    pairs = datasets.Dataset.from_dict({"input_ids": [[5, 6, 2]] * 4, "labels": [[7, 2]] * 4})
+    for precision, expected in (("bf16", "bf16"), ("fp32", "no"), ("bf16", "bf16")):
+        recipe = tiny_recipe(small_corpus, tmp_path / precision, f"training.precision={precision}")
+        trainer = TranslationTrainer(model=tiny_model(), args=run.training_arguments(recipe, 64),
+                                     train_dataset=pairs, eval_dataset=pairs, micro_batch_tokens=6, warmup_steps=20)
+        assert trainer.accelerator.mixed_precision == expected, precision

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +45,9 @@ def bf16_available() -> bool:
 def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments:
     t, g = recipe.training, recipe.generation
     precision = t.precision if t.precision != "auto" else ("bf16" if bf16_available() else "fp32")
+    # The recipe's precision, fp32 included: the Trainer takes what this variable says unless fp16 or bf16 is set,
+    # and transformers 4.x writes it itself, so that an fp32 run after a bf16 one in the same process trained in bf16.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(precision, precision)
     return Seq2SeqTrainingArguments(
         output_dir=str(recipe.run_dir),
         per_device_train_batch_size=1,  # unused: batches come from TokenBatchSampler (training.batch_tokens)
