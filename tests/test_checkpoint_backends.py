@@ -48,7 +48,7 @@ def update(trainer: TranslationTrainer, model, step: int) -> None:
 # Run by torchrun in 2 gloo processes: FSDP2 on CPU, made by hand, since accelerate enables FSDP only on GPUs; the
 # Trainer's own _save_checkpoint and the run's own final save are then those of an FSDP run.
 FSDP_RUN = """
-import json, sys
+import json, shutil, sys
 from pathlib import Path
 from types import SimpleNamespace
 import torch
@@ -91,8 +91,21 @@ try:
     outcome = "the same weights and schedule" if same else "other weights or schedule"
 except Exception as error:
     outcome = f"{type(error).__name__}: {error}"
+corrupt = None
+if state_dict_type == "FULL_STATE_DICT":  # a full checkpoint that lacks one weight is refused on every process
+    bad = run / "checkpoint-bad"
+    if state.is_main_process:
+        shutil.copytree(run / "checkpoint-4", bad)
+        weights = torch.load(bad / "pytorch_model_fsdp.bin", weights_only=True)
+        weights.pop(next(name for name in weights if ".layers.0." in name))
+        torch.save(weights, bad / "pytorch_model_fsdp.bin")
+    state.wait_for_everyone()
+    try:
+        again._load_from_checkpoint(str(bad))
+    except Exception as error:
+        corrupt = f"{type(error).__name__}: {error}"
 (run / f"final-rank{state.process_index}.json").write_text(json.dumps({"sum": total, "averaged": averaged,
-                                                                       "resumed": outcome}))
+                                                                       "resumed": outcome, "corrupt": corrupt}))
 """
 
 
@@ -139,9 +152,13 @@ def test_fsdp_full_state_dict_checkpoints_resume_and_average(fsdp_runs, tmp_path
     assert ranks[0]["sum"] == ranks[1]["sum"] and ranks[0]["averaged"] == ["checkpoint-2", "checkpoint-4"]
     assert "_fsdp" not in (run / "model/config.json").read_text()
 
-    # Resuming from it fails in torch for a model with tied weights: accelerate's load_fsdp_model passes the full
-    # state dict (every alias of the shared embedding) to set_model_state_dict, which knows only the first alias.
-    assert final_sums(run)[0]["resumed"] == "KeyError: 'model.encoder.embed_tokens.weight'"
+    # The Trainer resumes from it: the same weights and schedule on both processes (accelerate's own loader fails in
+    # torch 2.13 with KeyError 'model.encoder.embed_tokens.weight', an alias of the tied embedding), and a checkpoint
+    # that lacks a weight is refused by name on both, not loaded half.
+    assert [rank["resumed"] for rank in final_sums(run)] == ["the same weights and schedule"] * 2
+    for rank in final_sums(run):
+        assert rank["corrupt"].startswith("CheckpointError: ") and "checkpoint-bad/pytorch_model_fsdp.bin: not " \
+            "this model's weights (missing: model.encoder.layers.0." in rank["corrupt"], rank["corrupt"]
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)

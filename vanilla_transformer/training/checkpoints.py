@@ -8,7 +8,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from accelerate.utils import gather_object
+import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from safetensors import SafetensorError, safe_open
 
 logger = logging.getLogger(__name__)
@@ -217,3 +218,43 @@ def whole_weights_problem(state, average_last: int) -> str | None:
                 "FULL_STATE_DICT in the accelerate config's fsdp_config (or `accelerate launch "
                 "--fsdp_state_dict_type FULL_STATE_DICT`), or average_last: 0")
     return None
+
+
+def is_fsdp2_full_state_dict(state) -> bool:
+    """Whether the backend (state: the trainer's AcceleratorState) is FSDP2 saving full state dicts."""
+    fsdp = getattr(state, "fsdp_plugin", None)
+    return fsdp is not None and fsdp.fsdp_version == 2 and "FULL_STATE_DICT" in str(fsdp.state_dict_type)
+
+
+def load_fsdp2_full_weights(state, model: torch.nn.Module, checkpoint: str | Path) -> None:
+    """Load the full state dict of an FSDP2 checkpoint (pytorch_model_fsdp.bin) into the sharded model: read by the
+    main process and broadcast to the others, as accelerate's load_fsdp_model does.
+
+    accelerate hands torch every name of a tied weight (the shared embedding is also model.encoder.embed_tokens,
+    model.decoder.embed_tokens and lm_head), and torch 2.13's set_model_state_dict knows only the first, raising
+    KeyError on the others. The aliases are left out here, so the load cannot be strict: the names are checked
+    against the model's instead, and a checkpoint missing a weight is a CheckpointError on every process.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    path = Path(checkpoint) / FSDP_WEIGHTS[0]
+    names = set(model.state_dict())  # every name, the aliases of tied weights included
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers() if name in names}
+    weights, reason = {}, None
+    if state.is_main_process:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = sorted(own - weights.keys()), sorted(weights.keys() - names)
+        if missing or unexpected:
+            reason = (f"{path}: not this model's weights (missing: {', '.join(missing[:5]) or 'none'}; unexpected: "
+                      f"{', '.join(unexpected[:5]) or 'none'})")
+        weights = {name: value for name, value in weights.items() if name in own}
+    if state.num_processes > 1:
+        reason = broadcast_object_list([reason])[0]
+    if reason:
+        raise CheckpointError(reason)
+    several = state.num_processes > 1
+    loaded = set_model_state_dict(model, weights, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=several, cpu_offload=several, strict=False))
+    if set(loaded.missing_keys) - (names - own) or loaded.unexpected_keys:
+        raise CheckpointError(f"{path}: the weights did not load (missing: {loaded.missing_keys}; unexpected: "
+                              f"{loaded.unexpected_keys})")

@@ -18,6 +18,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .batching import token_batches
+from .checkpoints import is_fsdp2_full_state_dict, load_fsdp2_full_weights
 from .recipe import BatchPlan
 from .schedule import noam_scheduler
 from ..staging import WRITE_ERRORS, write_failure
@@ -83,6 +84,13 @@ class TranslationTrainer(Seq2SeqTrainer):
             if self.args.should_save:
                 shutil.rmtree(folder, ignore_errors=True)
             raise write_failure(folder, error) from error
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # The one hook that loads a checkpoint's weights on resume: an FSDP2 full state dict is loaded without the
+        # tied embedding's aliases, which accelerate's loader fails on in torch 2.13 (see load_fsdp2_full_weights).
+        if self.is_fsdp_enabled and is_fsdp2_full_state_dict(self.accelerator.state):
+            return load_fsdp2_full_weights(self.accelerator.state, model or self.model, resume_from_checkpoint)
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def batch_plan(self) -> BatchPlan:
         """What the processes train on per update: the plan of the recipe's training.update_tokens, as run."""
