@@ -32,8 +32,9 @@ def decoding_settings(num_beams: int, length_penalty: float) -> dict:
 
 @torch.inference_mode()
 def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, progress: bool = True,
-              first_line: int = 1, state=None, **generate_kwargs) -> list[str]:
-    """Translations in input order, one per sentence; sentences are batched by length to compute little padding.
+              first_line: int = 1, state=None, max_tokens: int | None = None, **generate_kwargs) -> list[str]:
+    """Translations in input order, one per sentence; sentences are batched by length to compute little padding,
+    batch_size of them a batch, or as many as fit in max_tokens source tokens (padding included) where it is given.
 
     A blank sentence gives an empty translation (the model is not asked to invent one). A sentence longer than the
     model's positions is cut to fit (keeping </s>), with a warning naming its line (first_line numbers the first).
@@ -43,7 +44,7 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, prog
     encoded = encode_to_fit(tokenizer, sentences, model.config.max_position_embeddings, first_line)
     order = sorted((i for i, text in enumerate(sentences) if text.strip()), key=lambda i: len(encoded[i]),
                    reverse=True)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = length_batches(order, [len(ids) for ids in encoded], batch_size, max_tokens)
     shared = state is not None and state.num_processes > 1
     if shared:
         batches = batches[state.process_index :: state.num_processes]  # long and short ones for every process
@@ -58,6 +59,21 @@ def translate(model, tokenizer, sentences: list[str], batch_size: int = 64, prog
         for i, text in gather_object([(i, translations[i]) for indices in batches for i in indices]):
             translations[i] = text
     return translations
+
+
+def length_batches(order: list[int], lengths: list[int], batch_size: int,
+                   max_tokens: int | None = None) -> list[list[int]]:
+    """The indices in `order` (longest first) cut into batches of batch_size, or, given max_tokens, into batches
+    whose sentences x their longest stay within max_tokens (a longer sentence is a batch of its own)."""
+    if max_tokens is None:
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def encode_to_fit(tokenizer, sentences: list[str], limit: int, first_line: int = 1) -> list[list[int]]:

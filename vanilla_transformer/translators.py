@@ -42,17 +42,19 @@ def placement(device: torch.device | str, dtype: str) -> tuple[torch.device, str
 
 def line_translator(model: str, engine: str = "torch", *, num_beams: int, length_penalty: float, batch_size: int,
                     progress: bool = False, device: str = "auto", dtype: str = "auto", compute_type: str = "default",
-                    inter_threads: int | None = None, intra_threads: int = 1) -> LineTranslator:
+                    inter_threads: int | None = None, intra_threads: int = 1,
+                    max_tokens: int | None = None) -> LineTranslator:
     """translate_lines(lines, first_line=1) -> translations with `engine` on the folder `model`; first_line numbers
     the first line in warnings. device and dtype as load_model takes them; compute_type and the threads are
-    CTranslate2's (the optional extra), which runs on cpu or cuda and has no dtype but its compute type."""
+    CTranslate2's (the optional extra), which runs on cpu or cuda and has no dtype but its compute type. max_tokens:
+    batches of that many source tokens instead of batch_size sentences."""
     # Imported here, as the engines are: evaluate and datasets take a third of a second, which a command's --help or
     # another command should not wait for.
     from .evaluation import decoding_settings, translate
 
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    settings = dict(batch_size=batch_size, **decoding_settings(num_beams, length_penalty))
+    settings = dict(batch_size=batch_size, max_tokens=max_tokens, **decoding_settings(num_beams, length_penalty))
     if engine == "ctranslate2":
         if dtype != "auto":
             raise ValueError(f"--dtype {dtype} is the torch engine's: the ctranslate2 engine computes in its "

@@ -12,6 +12,9 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument("--num-beams", type=positive_int, default=4, help="1: greedy decoding")
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--batch-size", type=positive_int, default=batch_size)
+    parser.add_argument("--max-tokens", type=positive_int, default=None,
+                        help="batches of at most this many source tokens, padding included, instead of --batch-size "
+                             "sentences (ctranslate2: the engine's token batches)")
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="ctranslate2: MODEL is a folder made by export-ctranslate2")
     parser.add_argument("--compute-type", default="default",
@@ -37,4 +40,4 @@ def translator_for(args: argparse.Namespace, progress: bool) -> LineTranslator:
     return line_translator(args.model, args.engine, num_beams=args.num_beams, length_penalty=args.length_penalty,
                            batch_size=args.batch_size, progress=progress, device=args.device, dtype=args.dtype,
                            compute_type=args.compute_type, inter_threads=args.inter_threads,
-                           intra_threads=args.intra_threads)
+                           intra_threads=args.intra_threads, max_tokens=args.max_tokens)

@@ -171,15 +171,17 @@ class Translator:
 
     def translate(self, lines: list[str], num_beams: int = 4, length_penalty: float = 0.6, max_length_offset: int = 50,
                   batch_size: int = 32, first_line: int = 1, max_new_tokens: int | None = None,
-                  **options) -> list[str]:
+                  max_tokens: int | None = None, **options) -> list[str]:
         """Translations in input order; blank lines give empty ones. Output length: source + offset, as ours, or
-        max_new_tokens."""
+        max_new_tokens. Batches of batch_size lines, or of about max_tokens source tokens where it is given (the
+        engine's own token batches)."""
         sources = self.source_tokens(lines, first_line)
         longest = max((len(s) for s in sources), default=0)
         # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
         limit = max_new_tokens or min(longest + max_length_offset, self.max_positions) - 1
         results = self.translator.translate_batch(
-            sources, max_batch_size=batch_size, beam_size=num_beams, length_penalty=length_penalty,
+            sources, max_batch_size=max_tokens or batch_size, batch_type="tokens" if max_tokens else "examples",
+            beam_size=num_beams, length_penalty=length_penalty,
             max_decoding_length=limit, return_end_token=False, **options)
         translations = []
         for line, result in zip(lines, results):
