@@ -435,3 +435,46 @@ def test_results_written_by_earlier_versions_still_load(tmp_path):
     (tmp_path / "results.json").write_text('{"recipe": ')
     with pytest.raises(ValueError, match=r"results.json: not valid JSON"):
         RunResults.load(tmp_path / "results.json")
+
+
+def test_time_budget_progress_bar_counts_the_budget_not_the_updates(monkeypatch, capsys):
+    # A 38-minute run of the demo recipe planned 7,500 updates and its bar showed a 1-hour ETA: the bar of a run on
+    # a budget fills with the budget's seconds, the update count beside it.
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from vanilla_transformer.training import trainer as trainer_module
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to=[])
+    budget = trainer_module.TimeBudget(max_minutes=1.0)
+    bar = trainer_module.BudgetProgress(budget)
+    state, control = TrainerState(max_steps=7500), TrainerControl()
+    state.stateful_callbacks = {"TimeBudget": {"args": {}, "attributes": {"seconds_before": 15.0}}}  # resumed
+    for callback in (budget, bar):
+        callback.on_train_begin(args, state, control)
+    for _ in range(10):  # 3 s per update from 15 s on
+        clock[0] += 3
+        state.global_step += 1
+        for callback in (budget, bar):
+            control = callback.on_step_end(args, state, control) or control
+    assert bar.training_bar.total == 60 and bar.training_bar.n == pytest.approx(45)
+    assert bar.training_bar.postfix == "update 10"
+    bar.training_bar.refresh()
+    assert "45/60 s of training.max_minutes" in capsys.readouterr().err
+
+
+def test_trainer_on_a_budget_shows_the_budget_bar(tmp_path):
+    from conftest import tiny_model
+    from transformers import Seq2SeqTrainingArguments
+    from transformers.trainer_callback import ProgressCallback
+
+    from vanilla_transformer.training.trainer import BudgetProgress, TranslationTrainer
+
+    def progress_bars(max_minutes):
+        args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=False)
+        trainer = TranslationTrainer(model=tiny_model(), args=args, micro_batch_tokens=100, warmup_steps=10,
+                                     max_minutes=max_minutes)
+        return [type(cb) for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)]
+
+    assert progress_bars(38) == [BudgetProgress] and progress_bars(None) == [ProgressCallback]

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .batching import token_batches
@@ -48,7 +49,11 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
         self.log_clock = self.log_step = None
         self.add_callback(SamplerEpoch(self))
-        self.add_callback(TimeBudget(max_minutes))
+        budget = TimeBudget(max_minutes)
+        self.add_callback(budget)
+        if max_minutes and any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
+            self.callback_handler.remove_callback(ProgressCallback)
+            self.add_callback(BudgetProgress(budget))
         self.add_callback(FiniteUpdates(self))
         self.add_callback(RunSteps())
 
@@ -217,6 +222,29 @@ class TimeBudget(TrainerCallback, ExportableState):
     def state(self) -> dict:
         # Saved in each checkpoint's trainer_state.json; the budget itself comes from the recipe, also on resume.
         return {"args": {"max_minutes": self.max_minutes}, "attributes": {"seconds_before": round(self.seconds(), 1)}}
+
+
+class BudgetProgress(ProgressCallback):
+    """The training bar of a run on a time budget: it fills with the budget's seconds, not with updates that the
+    budget may never reach, so its ETA is the budget's end; the update count is beside it."""
+
+    def __init__(self, budget: TimeBudget):
+        super().__init__()
+        self.budget = budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=round(self.budget.max_minutes * 60), unit="s", dynamic_ncols=True,
+                                     bar_format="training {percentage:3.0f}%|{bar}| {n:.0f}/{total} s of "
+                                                "training.max_minutes [{elapsed}<{remaining}{postfix}]")
+        self.current_step = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            bar = self.training_bar
+            bar.update(min(self.budget.seconds(), bar.total) - bar.n)  # a resumed run starts at its minutes so far
+            bar.set_postfix_str(f"update {state.global_step:,}")
+            self.current_step = state.global_step
 
 
 class FiniteUpdates(TrainerCallback):
