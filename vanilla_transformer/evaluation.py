@@ -1,5 +1,5 @@
-"""Translating many sentences with generate(), and scoring a split with sacreBLEU through `evaluate`: one path for
-the evaluate command and for the test split at the end of training."""
+"""Translating many sentences with generate(), and scoring a split with sacreBLEU's BLEU, chrF and TER through
+`evaluate`: one path for the evaluate command and for the test split at the end of training."""
 
 import logging
 from collections.abc import Callable
@@ -10,7 +10,7 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from .results import SplitScore
+from .results import DEFAULT_METRICS, METRIC_NAMES, SplitScore
 
 METRIC_DIR = Path(__file__).parent / "sacrebleu_metric"
 
@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def load_bleu() -> evaluate.EvaluationModule:
-    """sacreBLEU + chrF as an `evaluate` module loaded from the package (evaluate.load("sacrebleu") needs the Hub)."""
+    """sacreBLEU, chrF and TER as an `evaluate` module loaded from the package (evaluate.load("sacrebleu") needs the
+    Hub)."""
     return evaluate.load(str(METRIC_DIR))
 
 
@@ -88,17 +89,23 @@ def encode_to_fit(tokenizer, sentences: list[str], limit: int, first_line: int =
     return encoded
 
 
-def score(hypotheses: list[str], references: list[str]) -> dict:
-    """Corpus sacreBLEU (13a, cased, detokenized) and chrF, with their signatures."""
-    result = load_bleu().compute(predictions=hypotheses, references=references)
-    return {"bleu": result["score"], "chrf": result["chrf"], "bleu_signature": result["signature"],
-            "chrf_signature": result["chrf_signature"]}
+def score(hypotheses: list[str], references: list[str], metrics: tuple[str, ...] = DEFAULT_METRICS) -> dict:
+    """Corpus scores of the named metrics (of METRIC_NAMES) with sacreBLEU's default settings, each with its signature:
+    BLEU (13a, cased, detokenized), chrF, TER; keyed bleu, bleu_signature, chrf, ..."""
+    result = load_bleu().compute(predictions=hypotheses, references=references, metrics=list(metrics))
+    scores = {}
+    for metric in metrics:
+        # The module names BLEU's keys as the Hub's sacrebleu metric does: score, signature.
+        value, signature = ("score", "signature") if metric == "bleu" else (metric, f"{metric}_signature")
+        scores[metric], scores[f"{metric}_signature"] = result[value], result[signature]
+    return scores
 
 
 def evaluate_split(translate_lines: Callable[[list[str]], list[str]], pairs, split: str, langs: tuple[str, str],
-                   out_dir: Path, num_beams: int, length_penalty: float) -> SplitScore:
+                   out_dir: Path, num_beams: int, length_penalty: float,
+                   metrics: tuple[str, ...] = tuple(METRIC_NAMES)) -> SplitScore:
     """Translate a split's sources (pairs in the WMT schema, as load_parallel gives them), write the hypotheses to
-    out_dir/SPLIT.hyp.TGT, and score them against the references."""
+    out_dir/SPLIT.hyp.TGT, and score them against the references with the named metrics."""
     src, tgt = langs
     sources = [pair[src] for pair in pairs["translation"]]
     references = [pair[tgt] for pair in pairs["translation"]]
@@ -108,4 +115,4 @@ def evaluate_split(translate_lines: Callable[[list[str]], list[str]], pairs, spl
     examples = [{"source": sources[i], "reference": references[i], "translation": hypotheses[i]}
                 for i in range(0, min(len(sources), 500), 100)]
     return SplitScore(split=split, sentences=len(sources), num_beams=num_beams, length_penalty=length_penalty,
-                      **score(hypotheses, references), examples=examples)
+                      **score(hypotheses, references, metrics), examples=examples)

@@ -6,20 +6,33 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# sacreBLEU's metrics that the package computes (sacrebleu_metric/), as reports and the model card name them.
+METRIC_NAMES = {"bleu": "sacreBLEU", "chrf": "chrF", "ter": "TER"}
+DEFAULT_METRICS = ("bleu", "chrf")  # the evaluate command's; a training run's test split is scored with all of them
+
 
 @dataclass
 class SplitScore:
-    """How a model translated one split: corpus sacreBLEU and chrF with their signatures, and a few examples."""
+    """How a model translated one split: its corpus scores (sacreBLEU's BLEU, chrF, TER: those computed) with their
+    signatures, and a few examples."""
 
     split: str
     sentences: int
     num_beams: int
     length_penalty: float
-    bleu: float
-    chrf: float
-    bleu_signature: str
-    chrf_signature: str
+    bleu: float | None = None
+    chrf: float | None = None
+    bleu_signature: str | None = None
+    chrf_signature: str | None = None
+    ter: float | None = None  # results.json files from before TER was computed have none
+    ter_signature: str | None = None
     examples: list[dict] = field(default_factory=list)  # source, reference, translation
+
+    def scores(self) -> dict[str, tuple[float, str]]:
+        """{metric: (score, signature)} of the metrics computed, in the order bleu, chrf, ter."""
+        computed = {"bleu": (self.bleu, self.bleu_signature), "chrf": (self.chrf, self.chrf_signature),
+                    "ter": (self.ter, self.ter_signature)}
+        return {metric: pair for metric, pair in computed.items() if pair[0] is not None}
 
 
 @dataclass

@@ -1,12 +1,24 @@
-"""`evaluate`: translate a split and score it with sacreBLEU and chrF; write the hypotheses and a JSON report."""
+"""`evaluate`: translate a split and score it with sacreBLEU's metrics (BLEU and chrF, or those --metrics names);
+write the hypotheses and a JSON report."""
 
 import argparse
 from pathlib import Path
 
+from ..results import DEFAULT_METRICS, METRIC_NAMES
 from .translation_options import add_translation_arguments, translator_for
 
 NAME = "evaluate"
-HELP = "translate a test set and report sacreBLEU and chrF"
+HELP = "translate a test set and report sacreBLEU, chrF (and TER)"
+
+
+def metrics_argument(text: str) -> tuple[str, ...]:
+    """Comma-separated names of sacreBLEU's metrics (bleu, chrf, ter), each once."""
+    names = tuple(name.strip().lower() for name in text.split(","))
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, unknown))} not known: choose from "
+                                         f"{', '.join(METRIC_NAMES)}, separated by commas (e.g. bleu,chrf,ter)")
+    return tuple(dict.fromkeys(names))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--src", default="de")
     parser.add_argument("--tgt", default="en")
     add_translation_arguments(parser, batch_size=64)
+    parser.add_argument("--metrics", type=metrics_argument, default=DEFAULT_METRICS,
+                        help="sacreBLEU's metrics to compute, comma-separated: bleu, chrf, ter (default: bleu,chrf)")
     parser.add_argument("--out", help="folder for hypotheses and report.json (MODEL/eval-SPLIT.SRC-TGT)")
 
 
@@ -34,10 +48,10 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or Path(args.model) / f"eval-{args.split}.{args.src}-{args.tgt}")
     report = evaluate_and_report(translate_lines, pairs, args.split, (args.src, args.tgt), out, args.num_beams,
                                  args.length_penalty, model=args.model, engine=args.engine, data=str(args.data),
-                                 device=translate_lines.device, dtype=translate_lines.dtype)
-    print(f"{args.split} {args.src}->{args.tgt}: sacreBLEU {report['bleu']:.2f}  chrF {report['chrf']:.2f}  "
-          f"({report['sentences']} sentences, {report['sentences_per_s']} sentences/s on {report['device']} in "
-          f"{report['dtype']})")
-    print(f"BLEU signature: {report['bleu_signature']}")
-    print(f"chrF signature: {report['chrf_signature']}")
+                                 device=translate_lines.device, dtype=translate_lines.dtype, metrics=args.metrics)
+    scores = "  ".join(f"{METRIC_NAMES[metric]} {report[metric]:.2f}" for metric in args.metrics)
+    print(f"{args.split} {args.src}->{args.tgt}: {scores}  ({report['sentences']} sentences, "
+          f"{report['sentences_per_s']} sentences/s on {report['device']} in {report['dtype']})")
+    for metric in args.metrics:
+        print(f"{METRIC_NAMES[metric]} signature: {report[f'{metric}_signature']}")
     print(f"hypotheses and report.json in {out}")

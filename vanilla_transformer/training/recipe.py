@@ -121,6 +121,11 @@ class TrainingRecipe:
     # Seconds a process of a multi-process launch waits for the others, the data path's first run included (the others
     # wait while the main process prepares it); transformers' ddp_timeout. torch's own default is 10 min under NCCL.
     ddp_timeout: int = 1800
+    # The Trainer's experiment trackers, as TrainingArguments.report_to takes them: "none", "all" (those installed), a
+    # name ("tensorboard", "trackio", "wandb", "mlflow", ...) or a list of names. They receive what the Trainer logs:
+    # loss, learning rate, tokens/s and the validation BLEU and chrF. TensorBoard writes under the run folder
+    # (runs/DATE_HOST, a new one per start or resume); the others where their own settings say.
+    report_to: str | list = "none"
 
     def plan(self, processes: int | None = None) -> BatchPlan:
         """The micro-batches of each of `processes` (default: this launch's) that make an update of update_tokens:
@@ -133,6 +138,21 @@ class TrainingRecipe:
             raise RecipeError(f"training.update_tokens={self.update_tokens}: too few for {processes} processes "
                               f"in micro-batches of at most training.micro_batch_tokens={self.micro_batch_tokens}")
         return BatchPlan(processes, micro_batches, tokens)
+
+    def trackers(self) -> list[str]:
+        """The integrations report_to names, for TrainingArguments; a RecipeError naming one that transformers does
+        not find installed here (the Trainer would fail on it only once the data is ready)."""
+        from transformers.integrations.integration_utils import get_available_reporting_integrations
+
+        installed = get_available_reporting_integrations()
+        names = tracker_names(self.report_to)
+        if "all" in names:
+            return installed
+        missing = [name for name in names if name != "none" and name not in installed]
+        if missing:
+            raise RecipeError(f"training.report_to={self.report_to!r}: {', '.join(missing)} not installed here "
+                              f"(pip install it); installed: {', '.join(installed) or 'none'}")
+        return [name for name in names if name != "none"]
 
     @property
     def micro_batches(self) -> int:
@@ -211,6 +231,8 @@ class Recipe:
             ("training.save_steps", t.save_steps > 0, "positive"),
             ("training.save_total_limit", t.save_total_limit >= 1, "at least 1"),
             ("training.ddp_timeout", t.ddp_timeout > 0, "a positive number of seconds"),
+            ("training.report_to", all(name in tracker_choices() for name in tracker_names(t.report_to)),
+             f"one of {tracker_choices()} or a list of them"),
             ("average_last", 0 <= self.average_last <= t.save_total_limit,
              f"between 0 and training.save_total_limit ({t.save_total_limit}), the checkpoints kept"),
             ("generation.num_beams", g.num_beams >= 1, "at least 1"),
@@ -268,8 +290,20 @@ RESUMABLE = (
     "name", "output_dir", "average_last", "data.validation_size", "data.test", "data.test_size", "data.num_proc",
     "training.epochs", "training.max_steps", "training.max_minutes", "training.logging_steps", "training.eval_steps",
     "training.save_steps", "training.save_total_limit", "training.log_batches", "training.ddp_timeout",
-    "training.dataloader_workers", "training.pin_memory", "generation.",
+    "training.dataloader_workers", "training.pin_memory", "training.report_to", "generation.",
 )
+
+
+def tracker_choices() -> list[str]:
+    """What training.report_to may name: transformers' reporting integrations, "all" and "none"."""
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return ["none", "all", *INTEGRATION_TO_CALLBACK]
+
+
+def tracker_names(report_to: str | list) -> list:
+    """training.report_to as a list of names."""
+    return [report_to] if isinstance(report_to, str) else list(report_to)
 
 
 def resumable(key: str) -> bool:

@@ -87,7 +87,7 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         predict_with_generate=True,
         generation_num_beams=g.num_beams,
         remove_unused_columns=not t.log_batches,
-        report_to=[],
+        report_to=t.trackers(),
         disable_tqdm=False,
         ddp_timeout=t.ddp_timeout,
     )
@@ -149,7 +149,7 @@ MADE_BY = "made-by.txt"  # the command that made the run in a folder: `train` or
 def earlier_run(run_dir: Path) -> list[Path]:
     """What an earlier run left in the folder: checkpoints, batch logs, and its results."""
     patterns = ["checkpoint-*", "batches-rank*.jsonl", "data-rank*.json", "model", "tokenizer", "results.json",
-                "log.csv", "curves.png", "*.hyp.*", MADE_BY]
+                "log.csv", "curves.png", "*.hyp.*", "runs", MADE_BY]
     return sorted(path for pattern in patterns for path in run_dir.glob(pattern))
 
 
