@@ -13,6 +13,7 @@ from .commands import (
     export_marian,
     prepare,
     push,
+    score,
     show_attention,
     show_positional_encoding,
     tokenizer,
@@ -20,7 +21,7 @@ from .commands import (
     translate,
 )
 
-COMMANDS = (demo, tokenizer, convert_marian, export_marian, train, prepare, average, evaluate, translate,
+COMMANDS = (demo, tokenizer, convert_marian, export_marian, train, prepare, average, evaluate, translate, score,
             export_ctranslate2, push, show_attention, show_positional_encoding)
 
 

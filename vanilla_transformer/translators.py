@@ -1,27 +1,45 @@
-"""The engines a model folder translates with, behind one translate_lines(lines, first_line) function: transformers'
-generate() on a model folder, or CTranslate2 on a folder made by export-ctranslate2."""
+"""The engines a model folder translates with, behind one translate_lines(lines, first_line) function, with n-best
+lists and forced-decoding scores beside it: transformers' generate() on a model folder, or CTranslate2 on a folder
+made by export-ctranslate2. Both engines' scores mean the same (vanilla_transformer.scoring)."""
+
+from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .model_folder import DTYPES, accelerator, load_checked_model, load_tokenizer, model_source, native_dtype
+
+if TYPE_CHECKING:  # scoring brings evaluate and datasets, which a command's --help should not wait for
+    from .scoring import Hypothesis, PairScore
 
 ENGINES = ("torch", "ctranslate2")
 
 
 @dataclass(frozen=True)
 class LineTranslator:
-    """translate_lines(lines, first_line=1) -> one translation per line, and where it runs: the device and the
-    dtype (the torch engine's) or compute type (CTranslate2's) it translates in."""
+    """translate_lines(lines, first_line=1) -> one translation per line; n_best(lines, k, first_line=1) -> the k best
+    of each, scored; score(sources, targets, first_line=1, names=("source", "target")) -> each pair's
+    forced-decoding score; and where it runs: the device and the dtype (the torch engine's) or compute type
+    (CTranslate2's) it translates in. first_line numbers the first line in warnings and errors."""
 
     translate_lines: Callable[[list[str], int], list[str]]
     device: str
     dtype: str
+    n_best_lines: Callable[[list[str], int, int], list[list[Hypothesis]]]
+    score_pairs: Callable[[list[str], list[str], int, tuple[str, str]], list[PairScore]]
 
     def __call__(self, lines: list[str], first_line: int = 1) -> list[str]:
         return self.translate_lines(lines, first_line)
+
+    def n_best(self, lines: list[str], k: int, first_line: int = 1) -> list[list[Hypothesis]]:
+        return self.n_best_lines(lines, k, first_line)
+
+    def score(self, sources: list[str], targets: list[str], first_line: int = 1,
+              names: tuple[str, str] = ("source", "target")) -> list[PairScore]:
+        return self.score_pairs(sources, targets, first_line, names)
 
 
 def load_model(folder: str, device: torch.device | str = "auto", dtype: str = "auto"):
@@ -51,6 +69,7 @@ def line_translator(model: str, engine: str = "torch", *, num_beams: int, length
     # Imported here, as the engines are: evaluate and datasets take a third of a second, which a command's --help or
     # another command should not wait for.
     from .evaluation import decoding_settings, translate
+    from .scoring import n_best, score_pairs
 
     if engine not in ENGINES:
         raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -72,11 +91,23 @@ def line_translator(model: str, engine: str = "torch", *, num_beams: int, length
         def translate_lines(lines: list[str], first_line: int) -> list[str]:
             return translator.translate(lines, first_line=first_line, **settings)
 
-        return LineTranslator(translate_lines, device, translator.translator.compute_type)
+        def n_best_lines(lines: list[str], k: int, first_line: int) -> list[list[Hypothesis]]:
+            return translator.n_best(lines, k, first_line=first_line, **settings)
+
+        def score_lines(sources: list[str], targets: list[str], first_line: int, names) -> list[PairScore]:
+            return translator.score(sources, targets, batch_size, first_line, names)
+
+        return LineTranslator(translate_lines, device, translator.translator.compute_type, n_best_lines, score_lines)
     device, dtype = placement(device, dtype)
     loaded, tokenizer = load_model(model, device, dtype)
 
     def translate_lines(lines: list[str], first_line: int) -> list[str]:
         return translate(loaded, tokenizer, lines, progress=progress, first_line=first_line, **settings)
 
-    return LineTranslator(translate_lines, str(loaded.device), dtype)
+    def n_best_lines(lines: list[str], k: int, first_line: int) -> list[list[Hypothesis]]:
+        return n_best(loaded, tokenizer, lines, k, first_line=first_line, **settings)
+
+    def score_lines(sources: list[str], targets: list[str], first_line: int, names) -> list[PairScore]:
+        return score_pairs(loaded, tokenizer, sources, targets, batch_size, first_line, names)
+
+    return LineTranslator(translate_lines, str(loaded.device), dtype, n_best_lines, score_lines)

@@ -4,6 +4,9 @@ line per input line.
 
 A line that is not UTF-8 is reported on stderr with its number and gives an empty output line; the others are
 translated, and the command exits with status 1 at the end.
+
+--n-best K writes the K best translations of each line instead (sentences as arguments or stdin), ranked, with their
+scores (vanilla_transformer.scoring says what they are), as JSON lines or TSV.
 """
 
 import argparse
@@ -28,9 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--output: start over, replacing a finished or partly done output")
     parser.add_argument("--window", type=positive_int, default=WINDOW,
                         help="--input: lines read at a time, sorted by length into batches and written in order")
+    parser.add_argument("--n-best", type=positive_int, default=None, metavar="K",
+                        help="the K best translations of each line with their scores, K rows a line (at most "
+                             "--num-beams: they are the beam's best)")
+    parser.add_argument("--format", choices=("jsonl", "tsv"), default=None,
+                        help='--n-best\'s rows: jsonl (default; {"line", "rank", "translation", "score", '
+                             '"log_prob"}) or tsv (line, rank, score, log_prob, translation)')
 
 
 def run(args: argparse.Namespace) -> None:
+    check_n_best(args)
+    if args.n_best:
+        return translate_n_best(args)
     if args.input or args.output:
         return translate_file_to_file(args)
     from ..streaming import one_line, translate_stream
@@ -68,8 +80,8 @@ def translate_file_to_file(args: argparse.Namespace) -> None:
     if Path(args.model).exists():
         settings["model"] = str(Path(args.model).resolve())
     state = PartialState(cpu=not torch.cuda.is_available())
-    if state.num_processes > 1 and args.device == "auto":
-        args.device = str(state.device)  # each process on its own card
+    if state.num_processes > 1 and args.device == "auto" and args.engine == "torch":
+        args.device = str(state.device)  # each process on its own card (CTranslate2 takes only the first)
     translate_lines = translator_for(args, progress=False)
 
     def report(number: int, error: Exception) -> None:
@@ -90,3 +102,40 @@ def fail_for_undecodable(count: int, first_lines: list[int]) -> None:
         raise SystemExit(f"vanilla-transformer translate: {count} line(s) not valid UTF-8 "
                          f"(line {', '.join(map(str, first_lines[:10]))}): left empty in the output")
 
+
+def check_n_best(args: argparse.Namespace) -> None:
+    """Refuses --n-best past the beam (a wider beam would change the first translation), with --input/--output, and
+    --format alone."""
+    if args.n_best and args.n_best > args.num_beams:
+        raise ValueError(f"--n-best {args.n_best} needs --num-beams {args.n_best} or more, not {args.num_beams}: "
+                         "the n-best list is the beam's best hypotheses")
+    if args.n_best and (args.input or args.output):
+        raise ValueError("--n-best writes to standard output: give sentences as arguments or on stdin, not --input")
+    if args.format and not args.n_best:
+        raise ValueError("--format is the output of --n-best, which was not given")
+
+
+def translate_n_best(args: argparse.Namespace) -> None:
+    """--n-best K: each line's K best translations as rows on stdout; an undecodable line gets one empty row."""
+    from ..scoring import hypothesis_rows
+    from ..streaming import translate_stream
+
+    translator, output_format = translator_for(args, progress=False), args.format or "jsonl"
+
+    def rows(lines: list[str], first_line: int = 1) -> list[str]:
+        return [row for number, hypotheses in enumerate(translator.n_best(lines, args.n_best, first_line),
+                                                        start=first_line)
+                for row in hypothesis_rows(number, hypotheses, output_format)]
+
+    if args.text:
+        print("\n".join(rows(args.text)))
+        return
+    undecodable = []
+
+    def report(number: int, error: Exception) -> None:
+        print(f"vanilla-transformer translate: error: {error}; its n-best list is one empty row", file=sys.stderr)
+        undecodable.append(number)
+
+    for batch_rows in translate_stream(rows, sys.stdin.buffer, args.batch_size, "stdin", report):
+        print("\n".join(batch_rows), flush=True)
+    fail_for_undecodable(len(undecodable), undecodable)

@@ -15,6 +15,11 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument("--max-tokens", type=positive_int, default=None,
                         help="batches of at most this many source tokens, padding included, instead of --batch-size "
                              "sentences (ctranslate2: the engine's token batches)")
+    add_engine_arguments(parser)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine, its precision and threads, and the device: what translate, evaluate and score share."""
     parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="ctranslate2: MODEL is a folder made by export-ctranslate2")
     parser.add_argument("--compute-type", default="default",

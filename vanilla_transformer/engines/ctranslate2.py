@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 
 from ..evaluation import encode_to_fit
 from ..model_folder import load_checked_model, load_tokenizer, model_source
+from ..scoring import Hypothesis, PairScore, encode_pairs, hypothesis
 
 logger = logging.getLogger(__name__)
 
@@ -175,17 +176,58 @@ class Translator:
         """Translations in input order; blank lines give empty ones. Output length: source + offset, as ours, or
         max_new_tokens. Batches of batch_size lines, or of about max_tokens source tokens where it is given (the
         engine's own token batches)."""
+        results = self.search(lines, num_beams=num_beams, length_penalty=length_penalty,
+                              max_length_offset=max_length_offset, batch_size=batch_size, first_line=first_line,
+                              max_new_tokens=max_new_tokens, max_tokens=max_tokens, return_end_token=False,
+                              **options)
+        return [self.detokenize(result.hypotheses[0]) if line.strip() else "" for line, result in zip(lines, results)]
+
+    def n_best(self, lines: list[str], k: int, num_beams: int = 4, length_penalty: float = 0.6,
+               batch_size: int = 32, first_line: int = 1, **options) -> list[list[Hypothesis]]:
+        """The k best translations of each line, best first, with the engine's scores (log_prob / tokens **
+        length_penalty, the tokens counting </s> where a hypothesis ended); none for a blank line."""
+        if k > num_beams:
+            raise ValueError(f"{k} hypotheses need a beam of at least {k}, not {num_beams}")
+        results = self.search(lines, num_beams=num_beams, length_penalty=length_penalty, batch_size=batch_size,
+                              first_line=first_line, num_hypotheses=k, return_scores=True, return_end_token=True,
+                              **options)
+        return [[hypothesis(self.detokenize(tokens), score, len(tokens), length_penalty)
+                 for tokens, score in zip(result.hypotheses, result.scores)] if line.strip() else []
+                for line, result in zip(lines, results)]
+
+    def search(self, lines: list[str], num_beams: int, length_penalty: float, max_length_offset: int = 50,
+               batch_size: int = 32, first_line: int = 1, max_new_tokens: int | None = None,
+               max_tokens: int | None = None, **options):
+        """The engine's translation results of the lines, beam search or greedy (num_beams=1), batched as translate
+        says."""
         sources = self.source_tokens(lines, first_line)
         longest = max((len(s) for s in sources), default=0)
         # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
         limit = max_new_tokens or min(longest + max_length_offset, self.max_positions) - 1
-        results = self.translator.translate_batch(
+        return self.translator.translate_batch(
             sources, max_batch_size=max_tokens or batch_size, batch_type="tokens" if max_tokens else "examples",
-            beam_size=num_beams, length_penalty=length_penalty,
-            max_decoding_length=limit, return_end_token=False, **options)
-        translations = []
-        for line, result in zip(lines, results):
-            ids = self.tokenizer.convert_tokens_to_ids(result.hypotheses[0])
-            translations.append(self.tokenizer.decode(ids, skip_special_tokens=True) if line.strip() else "")
-        return translations
+            beam_size=num_beams, length_penalty=length_penalty, max_decoding_length=limit, **options)
 
+    def detokenize(self, tokens: list[str]) -> str:
+        return self.tokenizer.decode(self.tokenizer.convert_tokens_to_ids(tokens), skip_special_tokens=True)
+
+    def score(self, sources: list[str], targets: list[str], batch_size: int = 32, first_line: int = 1,
+              names: tuple[str, str] = ("source", "target")) -> list[PairScore]:
+        """Each pair's forced-decoding score (the sum of the target's token log-probabilities, </s> included, as
+        vanilla_transformer.scoring defines it), in input order; a pair longer than the model's positions gets an
+        error naming its file (names) and line."""
+        encoded = encode_pairs(self.tokenizer, sources, targets, self.max_positions, first_line, names)
+        pairs = [pair for pair in encoded if not isinstance(pair, str)]
+        tokens = self.tokenizer.convert_ids_to_tokens
+        # The engine adds the target's </s> itself, and truncates nothing: encode_pairs refused what does not fit.
+        results = iter(self.translator.score_batch([tokens(source) for source, _ in pairs],
+                                                   [tokens(target[:-1]) for _, target in pairs],
+                                                   max_batch_size=batch_size, max_input_length=0))
+        scores = []
+        for pair in encoded:
+            if isinstance(pair, str):
+                scores.append(PairScore(error=pair))
+            else:
+                log_probs = next(results).log_probs
+                scores.append(PairScore(sum(log_probs), len(log_probs)))
+        return scores
