@@ -166,6 +166,17 @@ def test_a_changed_input_or_changed_settings_are_refused_on_resuming(tmp_path, c
     assert output.read_text().splitlines() == [line.upper() for line in lines]
 
 
+def test_a_kill_between_the_first_record_and_the_outputs_creation_resumes(tmp_path):
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    lines = [f"line {number}" for number in range(1, 16)]
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(crash_after(0), source, output, {}, window=10, progress=False)
+    output.unlink()  # what a kill after the record's first save and before the output's creation leaves
+    translate_file(reverse_words, source, output, {}, window=10, progress=False)
+    assert output.read_text().splitlines() == reverse_words(lines, 1)
+
+
 def test_the_command_refuses_a_finished_output_and_an_output_without_input(model_dir, source, tmp_path, capsys):
     output = tmp_path / "out.en"
     output.write_text("an earlier translation\n")

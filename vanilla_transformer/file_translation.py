@@ -111,6 +111,7 @@ def start(input_path: Path, output: Path, settings: dict, overwrite: bool) -> Pr
         if written < earlier.output_offset:
             raise ValueError(f"{output}: {written} bytes, fewer than the {earlier.output_offset} that {record} says "
                              "were written: the output was changed since; pass --overwrite to start over")
+        output.touch()  # a kill can come between the record's first save and the output's creation
         os.truncate(output, earlier.output_offset)
         return earlier
     if output.exists():
