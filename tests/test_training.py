@@ -478,3 +478,38 @@ def test_trainer_on_a_budget_shows_the_budget_bar(tmp_path):
         return [type(cb) for cb in trainer.callback_handler.callbacks if isinstance(cb, ProgressCallback)]
 
     assert progress_bars(38) == [BudgetProgress] and progress_bars(None) == [ProgressCallback]
+
+
+def test_token_batches_are_greedy_packing_of_the_seeded_length_order():
+    # An independent statement of the sampler: examples sorted by (target, source) length with ties in the seed's
+    # random order, then taken greedily while count x largest size fits max_tokens.
+    generator = torch.Generator().manual_seed(1)
+    for max_tokens in (60, 300, 1000):
+        src = torch.randint(1, 60, (2000,), generator=generator).tolist()
+        tgt = torch.randint(1, 60, (2000,), generator=generator).tolist()
+        rank = torch.randperm(2000, generator=torch.Generator().manual_seed(5)).argsort().tolist()
+        order = sorted(range(2000), key=lambda i: (tgt[i], src[i], rank[i]))
+        expected, batch = [], []
+        for i in order:
+            if batch and (len(batch) + 1) * max(max(src[j], tgt[j]) for j in batch + [i]) > max_tokens:
+                expected.append(batch)
+                batch = []
+            batch.append(i)
+        expected.append(batch)
+        sampler = TokenBatchSampler(src, tgt, max_tokens=max_tokens, seed=5, shuffle=False)
+        assert list(sampler) == expected
+
+
+def test_token_batches_hold_a_few_bytes_per_example():
+    import tracemalloc
+
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(1, 100, 200_000)
+    tracemalloc.start()
+    sampler = TokenBatchSampler(lengths, lengths[::-1].copy(), max_tokens=4000, seed=0)
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # Two int32 lengths and an int32 position per example, and the batch starts: lists of Python ints took ~40.
+    assert held / len(lengths) < 16, held / len(lengths)
+    assert len(sampler) > 1000

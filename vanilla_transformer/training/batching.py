@@ -17,60 +17,76 @@ class TokenBatchSampler(Sampler[list[int]]):
     are formed once (length-sorted, ties broken by the seed), so every epoch has the same number; their order is
     shuffled per epoch from seed + epoch, so a run is deterministic and a resumed run sees the same order.
     Distributed training shards the batches through accelerate (every rank gets different ones, in equal numbers).
+    The batches are two numpy arrays, as fairseq's are: the examples in batch order and where each batch starts, a
+    few bytes per example (lists of Python ints took about 100), so the sampler of a 45M-pair corpus fits any rank.
     """
 
     def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int, seed: int = 0,
                  shuffle: bool = True):
         if len(src_lengths) != len(tgt_lengths):
             raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
-        self.src_lengths = torch.as_tensor(np.asarray(src_lengths, dtype=np.int64))
-        self.tgt_lengths = torch.as_tensor(np.asarray(tgt_lengths, dtype=np.int64))
-        self.sizes = torch.maximum(self.src_lengths, self.tgt_lengths)
+        self.src_lengths = np.asarray(src_lengths, dtype=np.int32)
+        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int32)
+        sizes = np.maximum(self.src_lengths, self.tgt_lengths)
         self.max_tokens, self.seed, self.shuffle = max_tokens, seed, shuffle
         self.epoch = 0
-        too_long = (self.sizes > max_tokens).nonzero().flatten()
+        too_long = np.flatnonzero(sizes > max_tokens)
         if len(too_long):
             i = int(too_long[0])
-            raise ValueError(f"example {i} has {int(self.sizes[i])} tokens, more than max_tokens={max_tokens}; "
+            raise ValueError(f"example {i} has {int(sizes[i])} tokens, more than max_tokens={max_tokens}; "
                              "filter long pairs (max_length) or raise max_tokens")
-        self.batches = self.make_batches()
+        self.order = self.length_order()
+        self.starts = pack(sizes[self.order], max_tokens)  # batch b is order[starts[b]:starts[b + 1]]
 
-    def make_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed)
-        tie_break = torch.randperm(len(self.sizes), generator=generator)
-        # Sort by target then source length (tgt * L + src), ties in seeded random order.
+    def length_order(self) -> np.ndarray:
+        """The examples sorted by target then source length, ties in seeded random order."""
+        tie_break = torch.randperm(len(self.src_lengths), generator=torch.Generator().manual_seed(self.seed)).numpy()
         longest_source = int(self.src_lengths.max()) if len(self.src_lengths) else 0
-        key = self.tgt_lengths * (longest_source + 1) + self.src_lengths
-        order = tie_break[torch.sort(key[tie_break], stable=True).indices]
-        sizes = self.sizes[order].tolist()  # plain ints: the loop below runs once per example
-        batches, batch, longest = [], [], 0
-        for i, size in zip(order.tolist(), sizes):
-            if batch and (len(batch) + 1) * max(longest, size) > self.max_tokens:
-                batches.append(batch)
-                batch, longest = [], 0
-            batch.append(i)
-            longest = max(longest, size)
-        if batch:
-            batches.append(batch)
-        return batches
+        key = self.tgt_lengths.astype(np.int64) * (longest_source + 1) + self.src_lengths
+        order = tie_break[np.argsort(key[tie_break], kind="stable")]
+        return order.astype(np.int32 if len(order) < 2**31 else np.int64)
+
+    def batch(self, b: int) -> list[int]:
+        return self.order[self.starts[b]:self.starts[b + 1]].tolist()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         if not self.shuffle:
-            yield from self.batches
+            yield from map(self.batch, range(len(self)))
             return
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        for b in torch.randperm(len(self.batches), generator=generator).tolist():
-            yield self.batches[b]
+        for b in torch.randperm(len(self), generator=generator).tolist():
+            yield self.batch(b)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.starts) - 1
 
     def padding_fraction(self) -> float:
         """Share of the padded source + target positions that hold padding, over one epoch."""
-        return padding_fraction(self.batches, self.src_lengths, self.tgt_lengths)
+        if not len(self):
+            return 0.0
+        starts, counts = self.starts[:-1], np.diff(self.starts)
+        real = padded = 0
+        for lengths in (self.src_lengths[self.order], self.tgt_lengths[self.order]):
+            real += int(lengths.sum(dtype=np.int64))
+            padded += int((np.maximum.reduceat(lengths, starts).astype(np.int64) * counts).sum())
+        return 1 - real / padded
+
+
+def pack(sizes: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Where each batch starts (and, last, the end) when examples of these sizes, in this order, are taken greedily
+    while count x largest size <= max_tokens: fairseq's batch_by_size, a numpy step per batch, not a Python one per
+    example."""
+    starts, start = [0], 0
+    while start < len(sizes):
+        # A batch starting here holds at most max_tokens // sizes[start] examples: its largest is no smaller.
+        window = sizes[start:start + max_tokens // max(int(sizes[start]), 1)]
+        cost = np.arange(1, len(window) + 1) * np.maximum.accumulate(window)  # grows with the count: fits a prefix
+        start += max(int(np.count_nonzero(cost <= max_tokens)), 1)
+        starts.append(start)
+    return np.asarray(starts, dtype=np.int64)
 
 
 def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> TokenBatchSampler:
@@ -78,17 +94,3 @@ def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> Toke
     what the trainer iterates, and what the prepare command counts."""
     return TokenBatchSampler(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"),
                              max_tokens=max_tokens, seed=seed)
-
-
-def padding_fraction(batches: list[list[int]], src_lengths: Sequence[int], tgt_lengths: Sequence[int]) -> float:
-    """Share of padding among the source + target positions of the given batches, each padded to its longest."""
-    if not batches:
-        return 0.0
-    order = np.concatenate([np.asarray(batch, dtype=np.int64) for batch in batches])
-    starts = np.cumsum([0] + [len(batch) for batch in batches[:-1]])
-    sizes = np.diff(np.append(starts, len(order)))
-    real = padded = 0
-    for lengths in (np.asarray(src_lengths)[order], np.asarray(tgt_lengths)[order]):
-        real += int(lengths.sum())
-        padded += int((np.maximum.reduceat(lengths, starts) * sizes).sum())
-    return 1 - real / padded
