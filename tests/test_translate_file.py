@@ -177,6 +177,22 @@ def test_a_kill_between_the_first_record_and_the_outputs_creation_resumes(tmp_pa
     assert output.read_text().splitlines() == reverse_words(lines, 1)
 
 
+def test_windows_translated_at_the_same_time_are_written_in_order(tmp_path):
+    source, output = tmp_path / "in.txt", tmp_path / "out.txt"
+    lines = [f"line {number} of the input" for number in range(1, 60)]
+    source.write_text("\n".join(lines) + "\n")
+    finished = []
+
+    def slow_first_windows(lines: list[str], first_line: int) -> list[str]:
+        time.sleep(0.2 if first_line % 20 == 1 else 0)  # every other window ends after the one that follows it
+        finished.append(first_line)
+        return reverse_words(lines, first_line)
+
+    translate_file(slow_first_windows, source, output, {}, window=10, progress=False, windows_at_once=2)
+    assert finished != sorted(finished)
+    assert output.read_text().splitlines() == reverse_words(lines, 1)
+
+
 def test_the_command_refuses_a_finished_output_and_an_output_without_input(model_dir, source, tmp_path, capsys):
     output = tmp_path / "out.en"
     output.write_text("an earlier translation\n")

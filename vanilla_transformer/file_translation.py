@@ -12,7 +12,9 @@ without one is a finished translation.
 
 import json
 import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -25,6 +27,9 @@ from .corpus import CorpusError
 from .streaming import decode_lines, numbered_chunks, one_line
 
 READ_SIZE = 1 << 20
+# Windows each engine translates at the same time: CTranslate2's workers (one per core) take the batches of two calls,
+# so none waits while the last batch of a window runs; torch's generate() already uses every core for one batch.
+WINDOWS_AT_ONCE = {"torch": 1, "ctranslate2": 2}
 NAMED_UNDECODABLE = 10  # the first undecodable lines the record keeps the numbers of (it counts them all)
 
 
@@ -142,7 +147,7 @@ def refuse_changes(earlier: Progress, fresh: Progress, input_path: Path, record:
 
 def translate_file(translate_lines: Callable[[list[str], int], list[str]], input_path: str | Path,
                    output: str | Path, settings: dict, *, window: int, overwrite: bool = False, state=None,
-                   progress: bool = True,
+                   progress: bool = True, windows_at_once: int = 1,
                    on_undecodable: Callable[[int, CorpusError], None] = lambda number, error: None) -> Progress | None:
     """Translate input_path line by line into output (see the module's docstring), window lines at a time; returns
     the finished record (the undecodable lines counted, the first of them named), None in the other processes.
@@ -151,6 +156,8 @@ def translate_file(translate_lines: Callable[[list[str], int], list[str]], input
     state: the PartialState of a launch: the main process reads the windows, hands one to each process, gathers their
     translations and writes them in order; the others only translate. A line that is not UTF-8 goes to on_undecodable
     (in the main process) and is translated as an empty line.
+    windows_at_once: windows translated at the same time, in threads (WINDOWS_AT_ONCE: the engine's), written in
+    order all the same; one in a launch, whose collectives go a round at a time.
     """
     if state is not None and not state.is_main_process:
         while (windows := broadcast_object_list([None])[0]) is not None:
@@ -160,7 +167,8 @@ def translate_file(translate_lines: Callable[[list[str], int], list[str]], input
     input_path, output = Path(input_path), Path(output)
     try:
         record = start(input_path, output, settings, overwrite)
-        translate_windows(translate_lines, input_path, output, record, window, state, progress, on_undecodable)
+        translate_windows(translate_lines, input_path, output, record, window, state, progress, on_undecodable,
+                          windows_at_once if state is None or state.num_processes == 1 else 1)
     finally:
         if state is not None and state.num_processes > 1:
             broadcast_object_list([None])  # the others stop, after an error here too
@@ -169,9 +177,10 @@ def translate_file(translate_lines: Callable[[list[str], int], list[str]], input
 
 
 def translate_windows(translate_lines, input_path: Path, output: Path, record: Progress, window: int, state,
-                      progress: bool, on_undecodable) -> None:
-    """The main process's loop: a window for each process from where the record says, their translations written in
-    order and flushed to disk, then the record moved on."""
+                      progress: bool, on_undecodable, rounds_at_once: int) -> None:
+    """The main process's loop: a window for each process from where the record says (rounds_at_once such rounds
+    translated at the same time), their translations written in order and flushed to disk, then the record moved
+    on."""
     processes = state.num_processes if state is not None else 1
 
     def undecodable(number: int, error: CorpusError) -> None:
@@ -180,23 +189,33 @@ def translate_windows(translate_lines, input_path: Path, output: Path, record: P
             record.first_undecodable.append(number)
         on_undecodable(number, error)
 
+    def write_oldest() -> None:
+        round_, translated = pending.popleft()
+        for translations in translated.result():
+            target.write("".join(one_line(text) + "\n" for text in translations).encode("utf-8"))
+        target.flush()
+        os.fsync(target.fileno())
+        done = sum(len(raw) for _, raw in round_)
+        record.lines_done += done
+        record.input_offset += sum(len(line) for _, raw in round_ for line in raw)
+        record.output_offset = target.tell()
+        record.save(progress_path(output))
+        bar.update(done)
+
+    pending = deque()
     with input_path.open("rb") as source, output.open("ab") as target, \
+            ThreadPoolExecutor(rounds_at_once, thread_name_prefix="translate") as threads, \
             tqdm(total=record.lines, initial=record.lines_done, unit=" sentences", desc=f"translating {input_path.name}",
                  disable=not progress, dynamic_ncols=True) as bar:
         source.seek(record.input_offset)
         chunks = numbered_chunks(source, window, first_line=record.lines_done + 1)
         while round_ := list(islice(chunks, processes)):
             windows = [(first, decode_lines(raw, first, str(input_path), undecodable)) for first, raw in round_]
-            for translations in translate_round(translate_lines, windows, state):
-                target.write("".join(one_line(text) + "\n" for text in translations).encode("utf-8"))
-            target.flush()
-            os.fsync(target.fileno())
-            done = sum(len(raw) for _, raw in round_)
-            record.lines_done += done
-            record.input_offset += sum(len(line) for _, raw in round_ for line in raw)
-            record.output_offset = target.tell()
-            record.save(progress_path(output))
-            bar.update(done)
+            pending.append((round_, threads.submit(translate_round, translate_lines, windows, state)))
+            if len(pending) == rounds_at_once:
+                write_oldest()
+        while pending:
+            write_oldest()
 
 
 def translate_round(translate_lines, windows: list[tuple[int, list[str]]], state) -> list[list[str]]:

@@ -70,7 +70,7 @@ def translate_file_to_file(args: argparse.Namespace) -> None:
     import torch
     from accelerate import PartialState
 
-    from ..file_translation import translate_file
+    from ..file_translation import WINDOWS_AT_ONCE, translate_file
 
     if not (args.input and args.output) or args.text:
         raise ValueError("--input and --output go together, without sentences as arguments")
@@ -89,7 +89,7 @@ def translate_file_to_file(args: argparse.Namespace) -> None:
 
     record = translate_file(translate_lines, args.input, args.output, settings, window=args.window,
                             overwrite=args.overwrite, state=state, progress=state.is_main_process,
-                            on_undecodable=report)
+                            windows_at_once=WINDOWS_AT_ONCE[args.engine], on_undecodable=report)
     if record is not None:
         print(f"vanilla-transformer translate: {record.lines} lines of {args.input} translated into {args.output}",
               file=sys.stderr)
