@@ -70,9 +70,11 @@ def test_the_runs_test_split_is_scored_with_ter_too(tracked_run, small_corpus):
     assert [r.metric_type for r in card.data.eval_results] == ["bleu", "chrf", "ter"]
 
 
-def test_no_tracker_by_default(small_corpus, tmp_path):
+def test_no_tracker_by_default_and_a_resume_may_add_one():
     recipe = load_recipe(REPO / "configs/multi30k-de-en-small.yaml")
     assert recipe.training.report_to == "none" and recipe.training.trackers() == []
+    tracked = load_recipe(REPO / "configs/multi30k-de-en-small.yaml", ["training.report_to=[tensorboard]"])
+    assert tracked.training.trackers() == ["tensorboard"] and tracked.changes_refused_on_resume(recipe) == []
 
 
 @pytest.mark.parametrize("value", ["tensorbord", "[tensorboard, wandbb]", "[tensorboard, 3]"])
