@@ -182,7 +182,22 @@ def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: f
     counts = {"kept": len(keep), "too_long": int(too_long.sum()), "bad_ratio": int(bad_ratio.sum())}
     logger.info("cleaning: kept %d pairs, dropped %d longer than %s tokens and %d by length ratio", counts["kept"],
                 counts["too_long"], min(limits) if limits else "any", counts["bad_ratio"])
-    return dataset.select(keep), counts
+    return select_rows(dataset, keep), counts
+
+
+def select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
+    """dataset.select(rows) for a numpy array of row numbers, through an Arrow indices table made from the array:
+    Dataset.select makes a Python list of them first (about 36 bytes a row, 1.6 GB at 45M pairs) and walks it in
+    Python. The selection's fingerprint follows from the dataset's and the rows, as select's would."""
+    if len(rows) == len(dataset):  # rows are sorted and distinct, so all of them: nothing dropped
+        return dataset
+    indices = pa.array(rows.astype(np.uint64, copy=False))
+    if dataset._indices is not None:  # a selection of a selection: rows of the view, mapped to the table's
+        indices = dataset._indices.column(0).take(indices)
+    fingerprint = xxhash.xxh3_128_hexdigest(np.ascontiguousarray(rows, dtype=np.int64)) + dataset._fingerprint
+    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
+                            indices_table=pa.table({"indices": indices}),
+                            fingerprint=xxhash.xxh3_128_hexdigest(fingerprint.encode()))
 
 
 TOKENIZED_FORMAT = "input_ids+labels:int32:v1"  # in every tokenised cache's key: change it when the output changes
