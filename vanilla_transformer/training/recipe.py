@@ -28,6 +28,31 @@ class RecipeError(ValueError):
 
 
 @dataclass
+class AugmentRecipe:
+    # Robustness augmentation of the training pairs (issue 31; training/augment.py), drawn per pair from (seed, epoch,
+    # pair), so a resume sees the same. Off (all 0) by default. Worth trying on val for the demo: upper 0.05,
+    # title 0.05, lower 0.05, drop_final_punctuation 0.1, bpe_dropout 0.1 (the paper's value).
+    upper: float = 0.0  # share of pairs upper-cased on both sides
+    title: float = 0.0  # share of pairs title-cased on both sides
+    lower: float = 0.0  # share of pairs lower-cased on both sides
+    drop_final_punctuation: float = 0.0  # share of pairs whose final punctuation is dropped on both sides
+    bpe_dropout: float = 0.0  # BPE-dropout p (Provilkov et al. 2020) on every pair; BPE tokenizers only
+
+    def active(self) -> bool:
+        """Whether the augmentation changes any pair."""
+        return any(value > 0 for value in dataclasses.astuple(self))
+
+    def rules(self) -> list[tuple[str, bool, str]]:
+        """(key, holds, expected) for Recipe.check."""
+        shares = [("upper", self.upper), ("title", self.title), ("lower", self.lower),
+                  ("drop_final_punctuation", self.drop_final_punctuation)]
+        return [*((f"data.augment.{key}", 0 <= value <= 1, "a share in [0, 1]") for key, value in shares),
+                ("data.augment.upper", self.upper + self.title + self.lower <= 1,
+                 "such that upper + title + lower <= 1 (a pair gets one casing)"),
+                ("data.augment.bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")]
+
+
+@dataclass
 class DataRecipe:
     source: str = "multi30k"  # a folder (relative to VANILLA_TRANSFORMER_DATA unless absolute) or a Hub dataset id
     hub_config: str | None = None  # the Hub dataset's config, e.g. "de-en" for wmt/wmt14
@@ -42,6 +67,7 @@ class DataRecipe:
     validation_size: int | None = None  # use only the first N validation pairs during training
     test_size: int | None = None  # score only the first N test pairs (smoke runs)
     num_proc: int | None = None  # processes for tokenisation
+    augment: AugmentRecipe = field(default_factory=AugmentRecipe)  # training-time augmentation, off by default
 
 
 @dataclass
@@ -245,6 +271,10 @@ class Recipe:
             ("data.validation_size", d.validation_size is None or d.validation_size > 0, "positive, or null for all"),
             ("data.test_size", d.test_size is None or d.test_size > 0, "positive, or null for all"),
         ]
+        rules += d.augment.rules()
+        if d.augment.bpe_dropout > 0:
+            rules.append(("data.augment.bpe_dropout", self.tokenizer.model == "bpe",
+                          "0 with tokenizer.model=unigram (BPE-dropout drops BPE merges)"))
         for key, holds, expected in rules:
             if not holds:
                 raise RecipeError(f"{key}={self.value(key)!r}: must be {expected}")

@@ -20,6 +20,7 @@ from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
 from ..model_folder import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
 from ..results import RunResults, SplitScore
+from .augment import make_augmenter
 from .average import averaged_model
 from .checkpoints import last_checkpoints, resume_checkpoint, whole_weights_problem
 from .plots import plot_curves
@@ -248,6 +249,9 @@ def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: Prepare
         warmup_steps=t.warmup_steps,
         max_minutes=t.max_minutes,
         batch_log=recipe.run_dir if t.log_batches else None,
+        augmenter=make_augmenter(recipe.data.augment, data.raw[recipe.data.train], data.train_set,
+                                 (recipe.data.src, recipe.data.tgt), tokenizer.backend_tokenizer, t.seed,
+                                 config.max_position_embeddings),
     )
 
 

@@ -18,6 +18,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
+from .augment import Augmenter, IndexedPairs
 from .batching import token_batches
 from .checkpoints import is_fsdp2_full_state_dict, load_fsdp2_full_weights
 from .recipe import BatchPlan
@@ -37,6 +38,7 @@ class TranslationTrainer(Seq2SeqTrainer):
     padding of all processes together in the logs."""
 
     def __init__(self, *args, micro_batch_tokens: int, warmup_steps: int, batch_log: Path | None = None,
+                 augmenter: "Augmenter | None" = None,
                  max_minutes: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # The loss is the trainer's, not the model's: Trainer's compute_loss hands compute_loss_func the outputs, the
@@ -46,6 +48,7 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.micro_batch_tokens = micro_batch_tokens
         self.warmup_steps = warmup_steps
         self.batch_log = batch_log
+        self.augmenter = augmenter  # data.augment (training/augment.py): None leaves the batches as they are
         self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
         self.log_clock = self.log_step = None
         self.add_callback(SamplerEpoch(self))
@@ -65,6 +68,8 @@ class TranslationTrainer(Seq2SeqTrainer):
                         len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
             logger.info("%s", self.batch_plan())
         collator = self.data_collator
+        if self.augmenter is not None:  # the sampler above packs the un-augmented pairs; the collator keeps its cap
+            dataset, collator = IndexedPairs(dataset), self.augmenter.collator(collator, self.micro_batch_tokens)
         if self.batch_log is not None:
             collator = BatchLoggingCollator(collator, self.batch_log, self.args.process_index)
         loader = DataLoader(dataset, batch_sampler=self.batch_sampler, collate_fn=collator,
@@ -158,7 +163,10 @@ class SamplerEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch is epochs done as a float (1.5 when resuming halfway through the second epoch).
-        self.trainer.batch_sampler.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+        epoch = int(state.epoch + 1e-6) if state.epoch else 0
+        self.trainer.batch_sampler.set_epoch(epoch)
+        if self.trainer.augmenter is not None:  # its draws are per epoch too
+            self.trainer.augmenter.set_epoch(epoch)
 
 
 class TimeBudget(TrainerCallback, ExportableState):
