@@ -513,3 +513,47 @@ def test_token_batches_hold_a_few_bytes_per_example():
     # Two int32 lengths and an int32 position per example, and the batch starts: lists of Python ints took ~40.
     assert held / len(lengths) < 16, held / len(lengths)
     assert len(sampler) > 1000
+
+
+def test_budget_schedule_warms_up_as_noam_then_declines_to_its_floor_at_the_end(monkeypatch):
+    from conftest import tiny_model
+    from transformers import Seq2SeqTrainingArguments, TrainerControl, TrainerState
+
+    from vanilla_transformer.training import trainer as trainer_module
+    from vanilla_transformer.training.schedule import budget_factor, noam_factor
+    from vanilla_transformer.training.trainer import TranslationTrainer
+
+    # The formula: Noam's ramp, then a straight line from its peak to final_fraction x peak over the progress.
+    warmup, peak = 100, 100**-0.5
+    assert budget_factor(50, warmup, 0.01, 0.1) == noam_factor(50, warmup)
+    assert budget_factor(100, warmup, 0.5, 0.1) == pytest.approx(peak * 0.55)
+    assert budget_factor(5000, warmup, 1.0, 0.1) == budget_factor(5000, warmup, 3.0, 0.1) == pytest.approx(peak * 0.1)
+
+    # Through the trainer, on a 1-minute budget at 0.5 s per update (mocked clock): the rate is read at each update.
+    clock = [0.0]
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: clock[0])
+    args = Seq2SeqTrainingArguments(output_dir="unused", use_cpu=True, report_to=[], learning_rate=1.0)
+    trainer = TranslationTrainer(model=tiny_model(), args=args, micro_batch_tokens=100, warmup_steps=10,
+                                 max_minutes=1.0, schedule="budget", final_lr_fraction=0.1)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10_000)
+    budget, state = trainer.time_budget, TrainerState(max_steps=10_000)
+    budget.on_train_begin(args, state, TrainerControl())
+    rates = []
+    for step in range(1, 121):
+        clock[0] += 0.5
+        trainer.optimizer.step()  # no gradients: nothing changes but the order torch expects
+        trainer.lr_scheduler.step()
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+    assert rates[:5] == pytest.approx([noam_factor(s + 1, 10) for s in range(1, 6)])  # the warmup
+    assert rates[59] == pytest.approx(10**-0.5 * (1 - 0.9 * 0.5))  # half the minute spent
+    assert rates[119] == pytest.approx(10**-0.5 * 0.1)  # the floor at the budget's end
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))  # declining after the warmup
+
+
+def test_budget_schedule_is_a_recipe_choice(small_corpus, tmp_path):
+    with pytest.raises(ValueError, match="training.schedule"):
+        tiny_recipe(small_corpus, tmp_path / "a", "training.schedule=cosine")
+    with pytest.raises(ValueError, match="training.final_lr_fraction"):
+        tiny_recipe(small_corpus, tmp_path / "b", "training.final_lr_fraction=1.5")
+    recipe = tiny_recipe(small_corpus, tmp_path / "c", "training.schedule=budget")
+    assert recipe.training.schedule == "budget" and recipe.training.final_lr_fraction == 0.05

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TOKENIZER_MODELS = ("bpe", "unigram")
+SCHEDULES = ("noam", "budget")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name: what a Hub dataset id looks like
 
 
@@ -128,6 +129,12 @@ class TrainingRecipe:
     pin_memory: bool = True  # batches in pinned host memory, for faster copies to a GPU (ignored without one)
     lr_scale: float = 1.0  # lr = lr_scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
     warmup_steps: int = 4000
+    # "noam": Section 5.3's schedule (the WMT recipes'). "budget": the same warmup, then the peak declines in a
+    # straight line to final_lr_fraction of it, reached where the run ends (max_minutes, or the last update of
+    # max_steps/epochs, whichever comes first), so that a run cut by the clock ends on a low rate and its averaged
+    # checkpoints come from a flat stretch rather than from a climb (budgeted training, Li et al. 2020).
+    schedule: str = "noam"
+    final_lr_fraction: float = 0.05
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-9
     max_grad_norm: float = 0.0  # 0 disables clipping (the paper does not clip)
@@ -247,6 +254,8 @@ class Recipe:
             ("training.dataloader_workers", t.dataloader_workers >= 0, "0 or more"),
             ("tokenizer.sample", self.tokenizer.sample is None or self.tokenizer.sample > 0, "positive, or null"),
             ("training.warmup_steps", t.warmup_steps >= 1, "at least 1"),
+            ("training.schedule", t.schedule in SCHEDULES, f"one of {SCHEDULES}"),
+            ("training.final_lr_fraction", 0 <= t.final_lr_fraction < 1, "in [0, 1)"),
             ("training.lr_scale", t.lr_scale > 0, "positive"),
             ("training.label_smoothing", 0 <= t.label_smoothing < 1, "in [0, 1)"),
             ("training.epochs", t.epochs > 0, "positive"),

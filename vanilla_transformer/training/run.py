@@ -247,6 +247,8 @@ def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: Prepare
         compute_metrics=bleu_metric_fn(tokenizer, load_bleu()),
         micro_batch_tokens=t.batch_tokens,
         warmup_steps=t.warmup_steps,
+        schedule=t.schedule,
+        final_lr_fraction=t.final_lr_fraction,
         max_minutes=t.max_minutes,
         batch_log=recipe.run_dir if t.log_batches else None,
         augmenter=make_augmenter(recipe.data.augment, data.raw[recipe.data.train], data.train_set,

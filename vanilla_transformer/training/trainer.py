@@ -22,7 +22,7 @@ from .augment import Augmenter, IndexedPairs
 from .batching import token_batches
 from .checkpoints import is_fsdp2_full_state_dict, load_fsdp2_full_weights
 from .recipe import BatchPlan
-from .schedule import noam_scheduler
+from .schedule import budget_scheduler, noam_scheduler
 from ..staging import WRITE_ERRORS, write_failure
 
 logger = logging.getLogger(__name__)
@@ -39,24 +39,25 @@ class TranslationTrainer(Seq2SeqTrainer):
 
     def __init__(self, *args, micro_batch_tokens: int, warmup_steps: int, batch_log: Path | None = None,
                  augmenter: "Augmenter | None" = None,
-                 max_minutes: float | None = None, **kwargs):
+                 max_minutes: float | None = None, schedule: str = "noam", final_lr_fraction: float = 0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         # The loss is the trainer's, not the model's: Trainer's compute_loss hands compute_loss_func the outputs, the
         # labels and the target tokens of the whole update; its generating evaluation scores with label_smoother.
         self.compute_loss_func = self.label_smoother = LabelSmoothedLoss(self.args.label_smoothing_factor)
         self.model_accepts_loss_kwargs = False  # the model is not handed num_items_in_batch: the loss uses it
         self.micro_batch_tokens = micro_batch_tokens
-        self.warmup_steps = warmup_steps
+        self.warmup_steps, self.schedule, self.final_lr_fraction = warmup_steps, schedule, final_lr_fraction
         self.batch_log = batch_log
         self.augmenter = augmenter  # data.augment (training/augment.py): None leaves the batches as they are
         self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
         self.log_clock = self.log_step = None
         self.add_callback(SamplerEpoch(self))
-        budget = TimeBudget(max_minutes)
-        self.add_callback(budget)
+        self.time_budget = TimeBudget(max_minutes)
+        self.add_callback(self.time_budget)
         if max_minutes and any(isinstance(cb, ProgressCallback) for cb in self.callback_handler.callbacks):
             self.callback_handler.remove_callback(ProgressCallback)
-            self.add_callback(BudgetProgress(budget))
+            self.add_callback(BudgetProgress(self.time_budget))
         self.add_callback(FiniteUpdates(self))
         self.add_callback(RunSteps())
 
@@ -79,7 +80,14 @@ class TranslationTrainer(Seq2SeqTrainer):
         return self.accelerator.prepare(loader)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None:
+        if self.lr_scheduler is None and self.schedule == "budget":
+            # Spent: the share of the minutes or of the updates, whichever ends the run first.
+            def progress(step: int) -> float:
+                return max(step / num_training_steps, self.time_budget.progress())
+
+            self.lr_scheduler = budget_scheduler(optimizer or self.optimizer, self.warmup_steps, progress,
+                                                 self.final_lr_fraction)
+        elif self.lr_scheduler is None:
             self.lr_scheduler = noam_scheduler(optimizer or self.optimizer, self.warmup_steps)
         return self.lr_scheduler
 
@@ -206,6 +214,10 @@ class TimeBudget(TrainerCallback, ExportableState):
                         state.global_step)
             control.should_training_stop = control.should_save = control.should_evaluate = True
         return control
+
+    def progress(self) -> float:
+        """The share of max_minutes spent (0 without a budget)."""
+        return self.seconds() / (self.max_minutes * 60) if self.max_minutes else 0.0
 
     def out_of_time(self, args) -> bool:
         """Whether the next update would end past max_minutes, as the main process's clock says, on every process
