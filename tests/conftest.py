@@ -82,6 +82,31 @@ def tiny_recipe(corpus: Path, out: Path, *extra: str):
     return load_recipe(REPO / "configs/multi30k-de-en-small.yaml", overrides)
 
 
+def memorize_test2016(data_dir: Path, tmp_path_factory, sentences: int, validation: int, positions: int,
+                      *extra: str) -> tuple[Path, Path, list[str], list[str]]:
+    """A tiny de->en model (d_model 64, no dropout) trained on the first `sentences` test2016 pairs until it
+    translates them, each to its end, in seconds: its model folder, that corpus and the German and English lines."""
+    from vanilla_transformer.training.run import train
+
+    corpus = tmp_path_factory.mktemp("test2016-head")
+    de = (data_dir / "multi30k/test2016.de").read_text(encoding="utf-8").splitlines()[:sentences]
+    en = (data_dir / "multi30k/test2016.en").read_text(encoding="utf-8").splitlines()[:sentences]
+    write_pairs(corpus, "train", de, en)
+    write_pairs(corpus, "val", de[:validation], en[:validation])
+    out = tmp_path_factory.mktemp("memorized") / "run"
+    train(tiny_recipe(corpus, out, f"model.overrides={{dropout: 0.0, max_position_embeddings: {positions}, "
+                                   "d_model: 64, d_ff: 128}", "training.warmup_steps=50", "training.lr_scale=1.0",
+                      "training.eval_steps=1000", "training.save_steps=1000", "data.test=null", *extra))
+    return out / "model", corpus, de, en
+
+
+@pytest.fixture(scope="session")
+def memorized(data_dir, tmp_path_factory):
+    """A tiny de->en model that translates the first 12 test2016 pairs, learnt by heart, and that corpus."""
+    return memorize_test2016(data_dir, tmp_path_factory, 12, 4, 128, "training.max_steps=500",
+                             "training.label_smoothing=0.0")
+
+
 def free_port() -> int:
     """A free port for a launch's rendezvous, rather than the fixed default 29500."""
     with socket.socket() as probe:

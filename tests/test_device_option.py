@@ -5,30 +5,12 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_recipe, write_pairs
 from test_cli_errors import cli_error
 
 from vanilla_transformer import translators
 from vanilla_transformer.cli import main
-from vanilla_transformer.training.run import train
 
-SENTENCES = 12  # the first test2016 pairs, which the model below learns by heart
-
-
-@pytest.fixture(scope="module")
-def memorized(data_dir, tmp_path_factory):
-    """A tiny de->en model trained on the first test2016 pairs until it translates them, and that corpus."""
-    corpus = tmp_path_factory.mktemp("test2016-head")
-    de = (data_dir / "multi30k/test2016.de").read_text(encoding="utf-8").splitlines()[:SENTENCES]
-    en = (data_dir / "multi30k/test2016.en").read_text(encoding="utf-8").splitlines()[:SENTENCES]
-    write_pairs(corpus, "train", de, en)
-    write_pairs(corpus, "val", de[:4], en[:4])
-    out = tmp_path_factory.mktemp("memorized") / "run"
-    train(tiny_recipe(corpus, out, "model.overrides={dropout: 0.0, max_position_embeddings: 128, d_model: 64, "
-                                   "d_ff: 128}", "training.max_steps=500", "training.warmup_steps=50",
-                      "training.lr_scale=1.0", "training.label_smoothing=0.0", "training.eval_steps=1000",
-                      "training.save_steps=1000", "data.test=null"))
-    return out / "model", corpus, de, en
+SENTENCES = 12  # the first test2016 pairs, which conftest's memorized model learns by heart
 
 
 def test_evaluate_and_translate_in_bf16_on_the_cpu(memorized, tmp_path, capsys):

@@ -3,7 +3,7 @@ once found (issue 28)."""
 
 import pytest
 import torch
-from conftest import tiny_model_folder, tiny_recipe, write_pairs
+from conftest import memorize_test2016, tiny_model_folder
 from transformers import AutoTokenizer, MarianMTModel
 
 from vanilla_transformer import VanillaTransformerForConditionalGeneration
@@ -15,19 +15,10 @@ SENTENCES = 48  # the first test2016 pairs, which the model below learns by hear
 
 @pytest.fixture(scope="module")
 def memorized_model(data_dir, tmp_path_factory):
-    """A tiny model trained until it translates the first test2016 sentences, each to its end, in seconds: they are
-    its training set. Its small vocabulary makes most translations longer than 20 tokens."""
-    corpus = tmp_path_factory.mktemp("test2016-head")
-    de = (data_dir / "multi30k/test2016.de").read_text(encoding="utf-8").splitlines()[:SENTENCES]
-    en = (data_dir / "multi30k/test2016.en").read_text(encoding="utf-8").splitlines()[:SENTENCES]
-    write_pairs(corpus, "train", de, en)
-    write_pairs(corpus, "val", de[:8], en[:8])
-    out = tmp_path_factory.mktemp("memorized") / "run"
-    train(tiny_recipe(corpus, out, "model.overrides={dropout: 0.0, max_position_embeddings: 256, d_model: 64, "
-                                   "d_ff: 128}", "training.max_steps=400", "training.warmup_steps=50",
-                      "training.lr_scale=1.0", "training.eval_steps=1000", "training.save_steps=1000",
-                      "data.test=null"))
-    return out / "model", de
+    """A tiny model that translates the first test2016 sentences, each to its end: they are its training set. Its
+    small vocabulary makes most translations longer than 20 tokens."""
+    model_dir, _, de, _ = memorize_test2016(data_dir, tmp_path_factory, SENTENCES, 8, 256, "training.max_steps=400")
+    return model_dir, de
 
 
 def batches(tokenizer, lines: list[str], size: int = 16):

@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 from test_cli_errors import cli_error
-from test_device_option import memorized  # noqa: F401  (the fixture: a tiny model that translates its sentences)
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from vanilla_transformer.cli import main
@@ -30,7 +29,7 @@ def torch_engine(model_dir, num_beams=4, length_penalty=0.6, batch_size=5):
 
 
 @pytest.fixture(scope="module")
-def ct2_folder(memorized, tmp_path_factory):  # noqa: F811
+def ct2_folder(memorized, tmp_path_factory):
     pytest.importorskip("ctranslate2")
     from vanilla_transformer.engines.ctranslate2 import export
 
@@ -55,7 +54,7 @@ def plain_forward_scores(model_dir, sources, targets) -> list[tuple[float, int]]
     return scores
 
 
-def test_torch_scores_are_a_plain_forward_pass_with_labels(memorized):  # noqa: F811
+def test_torch_scores_are_a_plain_forward_pass_with_labels(memorized):
     sources, targets = pairs_of(memorized)
     scores = torch_engine(memorized[0]).score(sources, targets)
     expected = plain_forward_scores(memorized[0], sources, targets)
@@ -68,7 +67,7 @@ def test_torch_scores_are_a_plain_forward_pass_with_labels(memorized):  # noqa: 
     assert scores[-1].tokens == 1  # the empty target: </s> alone
 
 
-def test_the_engines_give_the_same_scores(memorized, ct2_folder):  # noqa: F811
+def test_the_engines_give_the_same_scores(memorized, ct2_folder):
     sources, targets = pairs_of(memorized)
     ours, theirs = torch_engine(memorized[0]).score(sources, targets), ct2_engine(ct2_folder).score(sources, targets)
     assert [s.tokens for s in ours] == [s.tokens for s in theirs]
@@ -76,7 +75,7 @@ def test_the_engines_give_the_same_scores(memorized, ct2_folder):  # noqa: F811
 
 
 @pytest.mark.parametrize("num_beams, k", [(4, 4), (1, 1)])
-def test_n_best_is_ordered_and_led_by_the_translation(memorized, num_beams, k):  # noqa: F811
+def test_n_best_is_ordered_and_led_by_the_translation(memorized, num_beams, k):
     model_dir, _, de, _ = memorized
     length_penalty = 0.6 if num_beams > 1 else 1.0
     engine = torch_engine(model_dir, num_beams, length_penalty)
@@ -99,7 +98,7 @@ def test_n_best_is_ordered_and_led_by_the_translation(memorized, num_beams, k): 
 
 
 @pytest.mark.parametrize("num_beams, k", [(4, 3), (1, 1)])
-def test_the_engines_give_the_same_n_best_lists(memorized, ct2_folder, num_beams, k):  # noqa: F811
+def test_the_engines_give_the_same_n_best_lists(memorized, ct2_folder, num_beams, k):
     model_dir, _, de, _ = memorized
     length_penalty = 0.6 if num_beams > 1 else 1.0
     ours = torch_engine(model_dir, num_beams, length_penalty).n_best(de, k)
@@ -112,7 +111,7 @@ def test_the_engines_give_the_same_n_best_lists(memorized, ct2_folder, num_beams
             assert abs(a.log_prob - b.log_prob) / a.tokens < PER_TOKEN
 
 
-def test_n_best_wider_than_the_beam_is_refused(memorized, ct2_folder):  # noqa: F811
+def test_n_best_wider_than_the_beam_is_refused(memorized, ct2_folder):
     for engine in (torch_engine(memorized[0], num_beams=2), ct2_engine(ct2_folder, num_beams=2)):
         with pytest.raises(ValueError, match="3 hypotheses need a beam of at least 3, not 2"):
             engine.n_best(["Ein Hund."], 3)
@@ -124,7 +123,7 @@ def write(path, lines):
 
 
 @pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
-def test_score_command_writes_json_lines_and_tsv(memorized, ct2_folder, tmp_path, capsys, engine):  # noqa: F811
+def test_score_command_writes_json_lines_and_tsv(memorized, ct2_folder, tmp_path, capsys, engine):
     sources, targets = pairs_of(memorized)
     source, target = write(tmp_path / "src.de", sources), write(tmp_path / "tgt.en", targets)
     folder = {"torch": memorized[0], "ctranslate2": ct2_folder}[engine]
@@ -145,7 +144,7 @@ def test_score_command_writes_json_lines_and_tsv(memorized, ct2_folder, tmp_path
 
 
 @pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
-def test_translate_n_best_rows(memorized, ct2_folder, capsys, engine):  # noqa: F811
+def test_translate_n_best_rows(memorized, ct2_folder, capsys, engine):
     model_dir, _, de, _ = memorized
     folder = {"torch": model_dir, "ctranslate2": ct2_folder}[engine]
     options = ["--engine", engine, "--device", "cpu", "--num-beams", "3"]
@@ -162,7 +161,7 @@ def test_translate_n_best_rows(memorized, ct2_folder, capsys, engine):  # noqa: 
     assert [float(f[2]) for f in tsv[:-1]] == [pytest.approx(r["score"]) for r in rows[:-1]]
 
 
-def test_translate_n_best_on_stdin_names_an_undecodable_line(memorized, monkeypatch, capsys):  # noqa: F811
+def test_translate_n_best_on_stdin_names_an_undecodable_line(memorized, monkeypatch, capsys):
     import io
     import sys
 
@@ -195,7 +194,7 @@ def test_a_pair_the_model_cannot_take_is_named_and_gets_a_row_without_a_score(me
     assert f"{target}:3" in rows[2]["error"]
 
 
-def test_score_refuses_files_of_different_lengths_naming_both(memorized, tmp_path, capsys):  # noqa: F811
+def test_score_refuses_files_of_different_lengths_naming_both(memorized, tmp_path, capsys):
     model_dir, _, de, en = memorized
     source, target = write(tmp_path / "src.de", de[:5]), write(tmp_path / "tgt.en", en[:4])
     message = cli_error(capsys, "score", model_dir, "--source", source, "--target", target,
