@@ -11,6 +11,8 @@ ships all four as remote code; they import only torch and transformers. (The ker
 run from a saved folder, that would shadow the `kernels` package that transformers imports.)
 """
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable
 from functools import partial
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutput,
@@ -422,9 +424,13 @@ class TransformerEncoder(TransformerStack):
 
 def static_length(cache: EncoderDecoderCache | None) -> int | None:
     """The slots a static cache preallocates for the decoder's keys (None for a growing cache): the attention sees
-    them all."""
+    them all. Read off the allocated keys where there are some, so that a compiled step sees a dynamic dimension
+    rather than a constant to guard on (a recompile per length)."""
     layers = cache.self_attention_cache.layers if cache is not None else []
-    return getattr(layers[0], "max_cache_len", None) if layers else None
+    if not layers or not isinstance(layers[0], StaticLayer):
+        return None
+    keys = layers[0].keys
+    return keys.shape[-2] if isinstance(keys, torch.Tensor) and keys.dim() == 4 else layers[0].max_cache_len
 
 
 class TransformerDecoder(TransformerStack):
@@ -604,6 +610,8 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         self.generation_config.length_penalty = 0.6
         self.generation_config.early_stopping = True
         self.generation_config.max_length_offset = 50
+        # generate(compile_decoding=True) or this field: greedy search through a compiled decoding step.
+        self.generation_config.compile_decoding = False
         self.generation_config._from_model_config = False  # it is ours now: keep it whole when saved and loaded
 
     def get_encoder(self, modality=None) -> TransformerEncoder:
@@ -688,11 +696,12 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         cache.self_attention_cache.reorder_cache(beam_idx)
         return cache
 
-    def generate(self, inputs=None, generation_config=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, compile_decoding=None, **kwargs):
         """generate(), where the output length defaults to the paper's "input length + 50" (Section 6.1).
 
         The offset comes from generation_config.max_length_offset, capped at max_position_embeddings; max_length or
-        max_new_tokens override it.
+        max_new_tokens override it. compile_decoding (default: generation_config.compile_decoding) runs greedy search
+        through a compiled decoding step (compiled_greedy_search): the same tokens, fewer milliseconds per token.
         """
         config = generation_config if generation_config is not None else self.generation_config
         offset = getattr(config, "max_length_offset", None)
@@ -700,7 +709,112 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         explicit = ("max_length", "max_new_tokens")
         if offset is not None and source is not None and not any(kwargs.get(k) is not None for k in explicit):
             kwargs["max_length"] = min(source.shape[1] + offset, self.config.max_position_embeddings)
-        return super().generate(inputs, generation_config=generation_config, **kwargs)
+        if compile_decoding is None:
+            compile_decoding = bool(getattr(config, "compile_decoding", False)) or COMPILE_DECODING.get()
+        token = COMPILE_DECODING.set(compile_decoding)
+        try:
+            return super().generate(inputs, generation_config=generation_config, **kwargs)
+        finally:
+            COMPILE_DECODING.reset(token)
+
+    def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                streamer=None, **model_kwargs):
+        """generate()'s greedy search and sampling; with compile_decoding, greedy search runs compiled where it can
+        (compiled_greedy_search_applies) and gives the same tokens."""
+        if COMPILE_DECODING.get() and compiled_greedy_search_applies(self, generation_config, synced_gpus, streamer,
+                                                                     model_kwargs):
+            return compiled_greedy_search(self, input_ids, logits_processor, stopping_criteria, generation_config,
+                                          model_kwargs)
+        return super()._sample(input_ids, logits_processor, stopping_criteria, generation_config,
+                               synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+
+
+# Whether the generate() call under way decodes compiled; a context variable, as generate() may run in several threads.
+COMPILE_DECODING = contextvars.ContextVar("compile_decoding", default=False)
+
+
+@contextlib.contextmanager
+def compiled_decoding():
+    """Within it, generate() decodes as with compile_decoding=True wherever the call and its config leave it unset
+    (the command line's --compile-decoding)."""
+    token = COMPILE_DECODING.set(True)
+    try:
+        yield
+    finally:
+        COMPILE_DECODING.reset(token)
+
+
+def decoding_step(model, decoder_input_ids, cache, encoder_hidden_states, encoder_attention_mask) -> torch.Tensor:
+    """One step of the decoder over a static cache: the next token's logits in fp32, as greedy search reads them."""
+    outputs = model(encoder_outputs=(encoder_hidden_states,), attention_mask=encoder_attention_mask,
+                    decoder_input_ids=decoder_input_ids, cache=cache, use_cache=True)
+    return outputs.logits[:, -1].float()
+
+
+# Compiled once per process and model. Inductor's default mode: on a CPU, "reduce-overhead" has no CUDA graphs to give.
+# The cache's length, the source's length and, from the second batch size on, the batch are dynamic dimensions, so
+# other sentences reuse the graph (docs/performance.md, compiled decoding).
+compiled_decoding_step = torch.compile(decoding_step, fullgraph=True)
+
+
+def compiled_greedy_search_applies(model, generation_config, synced_gpus, streamer, model_kwargs) -> bool:
+    """Whether compiled_greedy_search can stand in for generate()'s own loop: greedy search returning the sequences
+    alone, on an encoder output, with the decoder's padding mask not given and the model in eval mode."""
+    return (
+        not generation_config.do_sample
+        and not generation_config.return_dict_in_generate
+        and not synced_gpus
+        and streamer is None
+        and generation_config.use_cache
+        and not model.training
+        and model_kwargs.get("encoder_outputs") is not None
+        and model_kwargs.get("decoder_attention_mask") is None
+        and not torch.is_grad_enabled()
+    )
+
+
+def static_decoding_cache(config: VanillaTransformerConfig, max_length: int, source_length: int) -> EncoderDecoderCache:
+    """Preallocated keys and values for the decoder's self-attention (max_length slots) and for its attention over
+    the source: one layer each per decoder layer."""
+    def layers(length: int) -> Cache:
+        return Cache(layers=[StaticLayer(max_cache_len=length) for _ in range(config.decoder_layers)])
+
+    return EncoderDecoderCache(layers(max_length), layers(source_length))
+
+
+def mark_lengths_dynamic(cache: EncoderDecoderCache, *source_tensors: torch.Tensor | None) -> None:
+    """Mark the cache's and the source's lengths as dynamic dimensions of the compiled step: one graph for all."""
+    for layer in cache.self_attention_cache.layers + cache.cross_attention_cache.layers:
+        for tensor in (layer.keys, layer.values):
+            torch._dynamo.maybe_mark_dynamic(tensor, 2)
+    for tensor in source_tensors:
+        if tensor is not None:
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
+
+
+def compiled_greedy_search(model, input_ids, logits_processor, stopping_criteria, generation_config, model_kwargs):
+    """generate()'s greedy search (transformers' _sample without sampling), each step after the first through
+    compiled_decoding_step over a static cache. The logits processors and stopping criteria are generate()'s own,
+    applied as it applies them, so the tokens are the same as eager decoding's."""
+    encoder_states = model_kwargs["encoder_outputs"].last_hidden_state
+    encoder_mask = model_kwargs.get("attention_mask")
+    cache = static_decoding_cache(model.config, generation_config.max_length, encoder_states.shape[1])
+    # The first step, eager: it writes the decoder's prefix and the source's keys and values into the cache.
+    logits = decoding_step(model, input_ids, cache, encoder_states, encoder_mask)
+    mark_lengths_dynamic(cache, encoder_states, encoder_mask)
+    pad_token_id = generation_config._pad_token_tensor
+    has_eos_stopping_criteria = any(hasattr(criteria, "eos_token_id") for criteria in stopping_criteria)
+    unfinished_sequences = torch.ones(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    while True:
+        next_token_scores = logits_processor(input_ids, logits)
+        next_tokens = torch.argmax(next_token_scores, dim=-1)
+        if has_eos_stopping_criteria:
+            next_tokens = next_tokens * unfinished_sequences + pad_token_id * (1 - unfinished_sequences)
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        unfinished_sequences = unfinished_sequences & ~stopping_criteria(input_ids, next_token_scores)
+        if unfinished_sequences.max() == 0:
+            return input_ids
+        logits = compiled_decoding_step(model, next_tokens[:, None], cache, encoder_states, encoder_mask)
 
 
 __all__ = [

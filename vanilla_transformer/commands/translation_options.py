@@ -2,6 +2,8 @@
 device options, which show-attention takes too."""
 
 import argparse
+import dataclasses
+import functools
 
 from ..model_folder import DTYPES
 from ..translators import ENGINES, LineTranslator, line_translator
@@ -15,6 +17,9 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument("--max-tokens", type=positive_int, default=None,
                         help="batches of at most this many source tokens, padding included, instead of --batch-size "
                              "sentences (ctranslate2: the engine's token batches)")
+    parser.add_argument("--compile-decoding", action="store_true",
+                        help="torch engine, --num-beams 1: greedy decoding through a compiled decoder step (the "
+                             "same translations; the compile costs seconds once per run)")
     add_engine_arguments(parser)
 
 
@@ -42,7 +47,27 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def translator_for(args: argparse.Namespace, progress: bool) -> LineTranslator:
     """translate_lines(lines, first_line) for the command's model, engine and decoding options."""
-    return line_translator(args.model, args.engine, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                           batch_size=args.batch_size, progress=progress, device=args.device, dtype=args.dtype,
-                           compute_type=args.compute_type, inter_threads=args.inter_threads,
-                           intra_threads=args.intra_threads, max_tokens=args.max_tokens)
+    if args.compile_decoding and args.engine != "torch":
+        raise ValueError(f"--compile-decoding is the torch engine's, not {args.engine}'s")
+    translator = line_translator(args.model, args.engine, num_beams=args.num_beams,
+                                 length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
+                                 device=args.device, dtype=args.dtype, compute_type=args.compute_type,
+                                 inter_threads=args.inter_threads, intra_threads=args.intra_threads,
+                                 max_tokens=args.max_tokens)
+    if not args.compile_decoding:
+        return translator
+    return dataclasses.replace(translator, translate_lines=under_compiled_decoding(translator.translate_lines),
+                               n_best_lines=under_compiled_decoding(translator.n_best_lines))
+
+
+def under_compiled_decoding(function):
+    """`function`, its generate() calls decoding through a compiled step (modeling.compiled_decoding)."""
+    from ..modeling import compiled_decoding
+
+    @functools.wraps(function)
+    def compiled(*args, **kwargs):
+        with compiled_decoding():
+            return function(*args, **kwargs)
+
+    return compiled
+
