@@ -34,6 +34,7 @@ from transformers.utils import can_return_tuple
 
 from .configuration import VanillaTransformerConfig
 from .modeling_compat import (
+    COMPILES_DECODING,
     DecoderTiedOutput,
     OutputRecorder,
     cache_of,
@@ -759,9 +760,11 @@ compiled_decoding_step = torch.compile(decoding_step, fullgraph=True)
 
 def compiled_greedy_search_applies(model, generation_config, synced_gpus, streamer, model_kwargs) -> bool:
     """Whether compiled_greedy_search can stand in for generate()'s own loop: greedy search returning the sequences
-    alone, on an encoder output, with the decoder's padding mask not given and the model in eval mode."""
+    alone, on an encoder output, with the decoder's padding mask not given and the model in eval mode, on
+    transformers 5."""
     return (
-        not generation_config.do_sample
+        COMPILES_DECODING
+        and not generation_config.do_sample
         and not generation_config.return_dict_in_generate
         and not synced_gpus
         and streamer is None

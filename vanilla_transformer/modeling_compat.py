@@ -10,6 +10,9 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # transformers 5 renamed the cache argument and output field `past_key_values` to `cache`.
 CACHE_FIELD = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
+# generate(compile_decoding=True) decodes compiled on transformers 5 (what tests/test_compiled_generate.py checks); on
+# 4.57 it is accepted and decodes eagerly.
+COMPILES_DECODING = CACHE_FIELD == "cache"
 
 
 def takes_cache(forward):
