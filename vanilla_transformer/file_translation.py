@@ -211,10 +211,10 @@ def translate_windows(translate_lines, input_path: Path, output: Path, record: P
         return result
 
     pending = deque()
-    with input_path.open("rb") as source, output.open("ab") as target, \
-            ThreadPoolExecutor(rounds_at_once, thread_name_prefix="translate") as threads, \
-            tqdm(total=record.lines, initial=record.lines_done, unit=" sentences", desc=f"translating {input_path.name}",
-                 disable=not progress, dynamic_ncols=True) as bar:
+    with (input_path.open("rb") as source, output.open("ab") as target,
+          ThreadPoolExecutor(rounds_at_once, thread_name_prefix="translate") as threads,
+          tqdm(total=record.lines, initial=record.lines_done, unit=" sentences", desc=f"translating {input_path.name}",
+               disable=not progress, dynamic_ncols=True) as bar):
         source.seek(record.input_offset)
         chunks = numbered_chunks(source, window, first_line=record.lines_done + 1)
         while round_ := list(islice(chunks, processes)):
