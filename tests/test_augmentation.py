@@ -124,3 +124,9 @@ def test_a_resumed_run_sees_the_augmented_batches_of_an_unbroken_one(small_corpu
 def test_off_makes_no_augmenter_so_the_batches_are_todays(backend):
     # The trainer then collates as before: tests/test_data_path.py's recorded batches check the ids themselves.
     assert augment.make_augmenter(AugmentRecipe(), None, None, ("de", "en"), backend, 1, 256) is None
+
+
+def test_batches_are_packed_with_headroom_but_never_below_the_longest_pair(backend):
+    a = augmenter(backend, upper=0.1, headroom=0.25)
+    a.longest = 100
+    assert a.packing_tokens(2000) == 1600 and a.packing_tokens(110) == 100

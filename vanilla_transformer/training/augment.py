@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer
 from torch.utils.data import Dataset
 
+from .data import token_lengths
 from .recipe import AugmentRecipe
 
 FINAL_PUNCTUATION = ".!?;:,…"
@@ -90,8 +91,9 @@ class Augmenter:
     """
 
     def __init__(self, options: AugmentRecipe, texts: tuple[pa.Array, pa.Array], backend: Tokenizer, seed: int,
-                 max_length: int | None):
+                 max_length: int | None, longest: int = 1):
         self.options, self.texts, self.seed, self.max_length = options, texts, seed, max_length
+        self.longest = longest  # the longest plain pair's tokens, on its longer side
         self.backend = Tokenizer.from_str(backend.to_str())
         self.backend.no_padding()
         if max_length is not None:
@@ -137,6 +139,11 @@ class Augmenter:
         for i, ids in zip(chosen, encoded):
             out[i] = ids
         return out
+
+    def packing_tokens(self, max_tokens: int) -> int:
+        """The padded tokens the sampler packs a batch to, leaving the augmented pairs data.augment.headroom (never
+        fewer than the longest plain pair, which the sampler must place)."""
+        return max(self.longest, int(max_tokens / (1 + self.options.headroom)))
 
     def collator(self, collator, max_tokens: int):
         return AugmentingCollator(self, collator, max_tokens)
@@ -196,4 +203,5 @@ def make_augmenter(options: AugmentRecipe, raw_train, train_set, langs: tuple[st
             else pa.array(np.arange(len(train_set), dtype=np.uint64)))
     pairs = raw_train.with_format("arrow")["translation"]
     texts = tuple(pc.struct_field(pairs, lang).take(rows).combine_chunks() for lang in langs)
-    return Augmenter(options, texts, backend, seed, max_length)
+    longest = max((int(token_lengths(train_set, column).max(initial=1)) for column in ("input_ids", "labels")))
+    return Augmenter(options, texts, backend, seed, max_length, longest)

@@ -38,10 +38,15 @@ class AugmentRecipe:
     lower: float = 0.0  # share of pairs lower-cased on both sides
     drop_final_punctuation: float = 0.0  # share of pairs whose final punctuation is dropped on both sides
     bpe_dropout: float = 0.0  # BPE-dropout p (Provilkov et al. 2020) on every pair; BPE tokenizers only
+    # While augmenting, batches are packed to micro_batch_tokens / (1 + headroom), leaving room for the longer
+    # augmented pairs (upper case and dropout split words into more subwords); a batch that still passes the cap
+    # falls back to the plain ids of its longest augmented pairs.
+    headroom: float = 0.25
 
     def active(self) -> bool:
         """Whether the augmentation changes any pair."""
-        return any(value > 0 for value in dataclasses.astuple(self))
+        return any(value > 0 for value in (self.upper, self.title, self.lower, self.drop_final_punctuation,
+                                           self.bpe_dropout))
 
     def rules(self) -> list[tuple[str, bool, str]]:
         """(key, holds, expected) for Recipe.check."""
@@ -50,7 +55,8 @@ class AugmentRecipe:
         return [*((f"data.augment.{key}", 0 <= value <= 1, "a share in [0, 1]") for key, value in shares),
                 ("data.augment.upper", self.upper + self.title + self.lower <= 1,
                  "such that upper + title + lower <= 1 (a pair gets one casing)"),
-                ("data.augment.bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)")]
+                ("data.augment.bpe_dropout", 0 <= self.bpe_dropout < 1, "in [0, 1)"),
+                ("data.augment.headroom", self.headroom >= 0, "0 or more")]
 
 
 @dataclass

@@ -63,7 +63,8 @@ class TranslationTrainer(Seq2SeqTrainer):
 
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
-        self.batch_sampler = token_batches(dataset, self.micro_batch_tokens, self.args.seed)
+        packed = self.augmenter.packing_tokens(self.micro_batch_tokens) if self.augmenter else self.micro_batch_tokens
+        self.batch_sampler = token_batches(dataset, packed, self.args.seed)
         if self.is_world_process_zero():
             logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
                         len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
