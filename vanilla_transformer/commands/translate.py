@@ -45,21 +45,32 @@ def run(args: argparse.Namespace) -> None:
         return translate_n_best(args)
     if args.input or args.output:
         return translate_file_to_file(args)
-    from ..streaming import one_line, translate_stream
+    from ..streaming import one_line
 
     translate_lines = translator_for(args, progress=False)
+
+    def rows(lines: list[str], first_line: int = 1) -> list[str]:
+        return [one_line(translation) for translation in translate_lines(lines, first_line)]
+
+    print_rows_of_arguments_or_stdin(args, rows, "its output line is empty")
+
+
+def print_rows_of_arguments_or_stdin(args: argparse.Namespace, rows, empty_says: str) -> None:
+    """Prints rows(lines, first_line) of the sentences given as arguments, or of stdin a batch at a time; a line of
+    stdin that is not UTF-8 is named on stderr (with empty_says: what it gets instead) and the exit status is 1."""
+    from ..streaming import translate_stream
+
     if args.text:
-        for line in translate_lines(args.text):
-            print(one_line(line))
+        print("\n".join(rows(args.text)))
         return
     undecodable = []
 
     def report(number: int, error: Exception) -> None:
-        print(f"vanilla-transformer translate: error: {error}; its output line is empty", file=sys.stderr)
+        print(f"vanilla-transformer translate: error: {error}; {empty_says}", file=sys.stderr)
         undecodable.append(number)
 
-    for translations in translate_stream(translate_lines, sys.stdin.buffer, args.batch_size, "stdin", report):
-        print("\n".join(map(one_line, translations)), flush=True)
+    for batch_rows in translate_stream(rows, sys.stdin.buffer, args.batch_size, "stdin", report):
+        print("\n".join(batch_rows), flush=True)
     fail_for_undecodable(len(undecodable), undecodable)
 
 
@@ -118,7 +129,6 @@ def check_n_best(args: argparse.Namespace) -> None:
 def translate_n_best(args: argparse.Namespace) -> None:
     """--n-best K: each line's K best translations as rows on stdout; an undecodable line gets one empty row."""
     from ..scoring import hypothesis_rows
-    from ..streaming import translate_stream
 
     translator, output_format = translator_for(args, progress=False), args.format or "jsonl"
 
@@ -127,15 +137,4 @@ def translate_n_best(args: argparse.Namespace) -> None:
                                                         start=first_line)
                 for row in hypothesis_rows(number, hypotheses, output_format)]
 
-    if args.text:
-        print("\n".join(rows(args.text)))
-        return
-    undecodable = []
-
-    def report(number: int, error: Exception) -> None:
-        print(f"vanilla-transformer translate: error: {error}; its n-best list is one empty row", file=sys.stderr)
-        undecodable.append(number)
-
-    for batch_rows in translate_stream(rows, sys.stdin.buffer, args.batch_size, "stdin", report):
-        print("\n".join(batch_rows), flush=True)
-    fail_for_undecodable(len(undecodable), undecodable)
+    print_rows_of_arguments_or_stdin(args, rows, "its n-best list is one empty row")
