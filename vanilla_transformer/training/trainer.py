@@ -258,14 +258,12 @@ class BudgetProgress(ProgressCallback):
             self.training_bar = tqdm(total=round(self.budget.max_minutes * 60), unit="s", dynamic_ncols=True,
                                      bar_format="training {percentage:3.0f}%|{bar}| {n:.0f}/{total} s of "
                                                 "training.max_minutes [{elapsed}<{remaining}{postfix}]")
-        self.current_step = 0
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             bar = self.training_bar
             bar.update(min(self.budget.seconds(), bar.total) - bar.n)  # a resumed run starts at its minutes so far
             bar.set_postfix_str(f"update {state.global_step:,}")
-            self.current_step = state.global_step
 
 
 class FiniteUpdates(TrainerCallback):
