@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--compute-type", default="default", help="the ctranslate2 engine's, e.g. int8")
+    parser.add_argument("--guards", choices=("model", "on", "off"), default="model",
+                        help="the generation guards (length bound per sentence, repeated n-gram guard): as the "
+                             "model's generation_config has them, on with the defaults (modeling.GUARDS), or off")
     args = parser.parse_args(argv)
 
     sources, references = read_lines(args.source), read_lines(args.reference)
@@ -187,8 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     translator = line_translator(args.model, args.engine, num_beams=args.num_beams,
                                  length_penalty=args.length_penalty, batch_size=args.batch_size,
                                  compute_type=args.compute_type)
-    translate = lambda lines: translator(lines)  # noqa: E731 (first_line: 1)
+    from vanilla_transformer.modeling import GUARDS, generation_guards
+
+    guards = {"model": {}, "on": GUARDS, "off": dict.fromkeys(GUARDS)}[args.guards]
+
+    def translate(lines: list[str]) -> list[str]:
+        with generation_guards(**guards):
+            return translator(lines)
+
     report = {"model": args.model, "engine": args.engine, "source": str(args.source), "seed": args.seed,
+              "guards": args.guards,
               **robustness(translate, sources, references, args.seed),
               "short_inputs": short_inputs(translate, read_short_inputs(args.short_inputs))}
     json.dump(report, sys.stdout, indent=2, ensure_ascii=False)

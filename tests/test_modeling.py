@@ -418,8 +418,9 @@ def test_generation_defaults_are_the_papers():
     config = model.generation_config
     assert (config.num_beams, config.length_penalty, config.max_length_offset) == (4, 0.6, 50)
     src = random_batch(1, 7)
-    # Untrained, the model never stops early, so the output runs to input length + 50 ...
-    assert model.generate(src, num_beams=1).shape[1] == 7 + 50
+    # Untrained, the model never stops early, so without the guards' bound per sentence (test_generation_guards)
+    # the output runs to input length + 50 ...
+    assert model.generate(src, num_beams=1, max_length_a=None, repetition_guard_ngram_size=None).shape[1] == 7 + 50
     # ... unless a length is asked for.
     assert model.generate(src, num_beams=1, max_new_tokens=5).shape[1] == 6
 

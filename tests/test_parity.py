@@ -264,7 +264,9 @@ def test_export_marian_gives_our_logits_and_translations(tmp_path, overrides):
     assert difference <= 1e-5
     for num_beams in (1, 4):
         settings = dict(attention_mask=mask, num_beams=num_beams, max_new_tokens=10)
-        assert torch.equal(marian.generate(src, **settings), ours.generate(src, **settings))
+        # Marian's generate() has none of our guards (modeling.GUARDS): the decoding alone is compared.
+        assert torch.equal(marian.generate(src, **settings),
+                           ours.generate(src, **settings, max_length_a=None, repetition_guard_ngram_size=None))
     back = convert_marian(marian)  # and back again
     with torch.no_grad():
         assert torch.allclose(back(input_ids=src, attention_mask=mask, decoder_input_ids=tgt).logits,

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -613,6 +613,9 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         self.generation_config.max_length_offset = 50
         # generate(compile_decoding=True) or this field: greedy search through a compiled decoding step.
         self.generation_config.compile_decoding = False
+        # Guards against runaway outputs (length bound per sentence, repeated n-grams): on in every new model.
+        for name, value in GUARDS.items():
+            setattr(self.generation_config, name, value)
         self.generation_config._from_model_config = False  # it is ours now: keep it whole when saved and loaded
 
     def get_encoder(self, modality=None) -> TransformerEncoder:
@@ -703,7 +706,13 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
         The offset comes from generation_config.max_length_offset, capped at max_position_embeddings; max_length or
         max_new_tokens override it. compile_decoding (default: generation_config.compile_decoding) runs greedy search
         through a compiled decoding step (compiled_greedy_search): the same tokens, fewer milliseconds per token.
+        The guards' fields (GUARDS: max_length_a, max_length_b, repetition_guard_ngram_size,
+        repetition_guard_max_occurrences) may be given as keyword arguments too; None turns one off.
         """
+        overrides = {name: kwargs.pop(name) for name in GUARDS if name in kwargs}
+        if overrides:
+            with generation_guards(**overrides):
+                return self.generate(inputs, generation_config, compile_decoding, **kwargs)
         config = generation_config if generation_config is not None else self.generation_config
         offset = getattr(config, "max_length_offset", None)
         source = inputs if inputs is not None else kwargs.get("input_ids")
@@ -717,6 +726,17 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
             return super().generate(inputs, generation_config=generation_config, **kwargs)
         finally:
             COMPILE_DECODING.reset(token)
+
+    def _get_logits_processor(self, generation_config, input_ids_seq_length=None, encoder_input_ids=None,
+                              prefix_allowed_tokens_fn=None, logits_processor=None, device=None, model_kwargs=None,
+                              negative_prompt_ids=None, negative_prompt_attention_mask=None) -> LogitsProcessorList:
+        """generate()'s logits processors, then the guards (guard_processors) that the call's settings leave on."""
+        processors = super()._get_logits_processor(
+            generation_config, input_ids_seq_length, encoder_input_ids, prefix_allowed_tokens_fn, logits_processor,
+            device, model_kwargs, negative_prompt_ids, negative_prompt_attention_mask)
+        processors.extend(guard_processors(self.config, generation_config, input_ids_seq_length or 1,
+                                           encoder_input_ids, model_kwargs or {}))
+        return processors
 
     def _sample(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
                 streamer=None, **model_kwargs):
@@ -732,6 +752,139 @@ class VanillaTransformerForConditionalGeneration(DecoderTiedOutput, VanillaTrans
 
 # Whether the generate() call under way decodes compiled; a context variable, as generate() may run in several threads.
 COMPILE_DECODING = contextvars.ContextVar("compile_decoding", default=False)
+
+# The guards against runaway outputs (issue 31) and their defaults, as generation_config fields; None turns one off.
+# max_length_a, max_length_b: each sentence's output stops at int(a * source tokens + b) tokens, </s> included, on
+# both sides (fairseq's max_len_a * src_len + max_len_b, per sentence). 1.5 and 5: 3 of 31,014 Multi30k references
+# (train, val, test2016) de->en and 16 en->de are longer than that (both < 0.1%).
+# repetition_guard_ngram_size, repetition_guard_max_occurrences: a token that would make an n-gram of the output
+# occur more than max_occurrences times is forbidden, unless the source holds that n-gram as often (a shared
+# vocabulary: names and numbers that repeat there may repeat). Bigrams twice: a word bigram three times, or a token
+# four times in a row, is what benchmarks/bench_robustness.py calls degenerate; 22 de->en and 13 en->de Multi30k
+# references (0.07%, 0.04%) hold a bigram three times.
+GUARDS = {"max_length_a": 1.5, "max_length_b": 5, "repetition_guard_ngram_size": 2,
+          "repetition_guard_max_occurrences": 2}
+# Guard settings that override generation_config's for the calls within generation_guards().
+GUARD_OVERRIDES = contextvars.ContextVar("guard_overrides", default=None)
+
+
+@contextlib.contextmanager
+def generation_guards(**settings):
+    """Within it, generate() uses these guard settings (GUARDS' names; None turns one off) over generation_config's
+    (the command line's --no-guards, the benchmarks' --guards)."""
+    unknown = set(settings) - set(GUARDS)
+    if unknown:
+        raise ValueError(f"unknown guard settings {sorted(unknown)}: choose from {sorted(GUARDS)}")
+    token = GUARD_OVERRIDES.set({**(GUARD_OVERRIDES.get() or {}), **settings})
+    try:
+        yield
+    finally:
+        GUARD_OVERRIDES.reset(token)
+
+
+def guard_settings(generation_config) -> dict:
+    """The guards' settings for a call: generation_guards()'s, else generation_config's fields; a config without
+    them (a model saved before the guards, a converted Marian model) has them off."""
+    overrides = GUARD_OVERRIDES.get() or {}
+    return {name: overrides[name] if name in overrides else getattr(generation_config, name, None) for name in GUARDS}
+
+
+def guard_processors(config, generation_config, prompt_length: int, source_ids, model_kwargs) -> list:
+    """The guards' logits processors for a generate() call: RepeatedNgramGuard, then SourceLengthBound, whose forced
+    </s> comes last so nothing overrides it."""
+    settings = guard_settings(generation_config)
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos))
+    if source_ids is not None and (source_ids.dim() != 2 or source_ids.is_floating_point() or (source_ids < 0).any()):
+        source_ids = None  # inputs_embeds, or a placeholder: no source tokens to read
+    mask = model_kwargs.get("attention_mask")
+    if mask is None and source_ids is not None:
+        mask = source_ids != config.pad_token_id
+    processors = []
+    if settings["repetition_guard_ngram_size"] and settings["repetition_guard_max_occurrences"] is not None:
+        processors.append(RepeatedNgramGuard(settings["repetition_guard_ngram_size"],
+                                             settings["repetition_guard_max_occurrences"], prompt_length, eos,
+                                             source_ids, mask))
+    if settings["max_length_a"] is not None:
+        if mask is not None:
+            lengths = mask.sum(-1)
+        else:
+            encoder_states = model_kwargs["encoder_outputs"].last_hidden_state
+            lengths = torch.full(encoder_states.shape[:1], encoder_states.shape[1], device=encoder_states.device)
+        processors.append(SourceLengthBound(lengths, settings["max_length_a"], settings["max_length_b"] or 0,
+                                            prompt_length, eos))
+    return processors
+
+
+def per_row(values: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-sentence values for the `rows` sequences that generate() decodes: each sentence's beams (or returned
+    sequences) are consecutive rows, as generate() expands its inputs."""
+    return values if values.shape[0] == rows else values.repeat_interleave(rows // values.shape[0], dim=0)
+
+
+class SourceLengthBound(LogitsProcessor):
+    """Forces </s> for each sequence once it reaches its own bound: int(a * source tokens + b) output tokens, </s>
+    included (both counts with </s>), as fairseq's max_len_a * src_len + max_len_b but per sentence. The forced </s>
+    scores 0 and everything else -inf, as transformers' ForcedEOSTokenLogitsProcessor does at max_length, which beam
+    search finishes a hypothesis on."""
+
+    def __init__(self, source_lengths: torch.Tensor, a: float, b: float, prompt_length: int, eos: torch.Tensor):
+        self.limits = (a * source_lengths.double() + b).floor().long().clamp(min=1)
+        self.first_limit = int(self.limits.min())  # read once, so that the steps before it cost nothing
+        self.prompt_length = prompt_length
+        self.eos = eos.to(source_lengths.device)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        if generated + 1 < self.first_limit:
+            return scores
+        force = (generated + 1 >= per_row(self.limits, input_ids.shape[0]))[:, None]
+        eos_only = torch.full_like(scores[:1], -math.inf)
+        eos_only[:, self.eos] = 0
+        return torch.where(force, eos_only, scores)
+
+
+class RepeatedNgramGuard(LogitsProcessor):
+    """Forbids a token that would make an n-gram of the output occur more than max_occurrences times, unless the
+    source holds that n-gram at least as often; </s> is never forbidden. Vectorised over the rows and the output's
+    n-grams: the n-grams that end in each candidate token are the output's windows that start with its last n - 1
+    tokens."""
+
+    def __init__(self, n: int, max_occurrences: int, prompt_length: int, eos: torch.Tensor,
+                 source_ids: torch.Tensor | None = None, source_mask: torch.Tensor | None = None):
+        self.n, self.max_occurrences, self.prompt_length = n, max_occurrences, prompt_length
+        self.eos = eos.to(source_ids.device) if source_ids is not None else eos
+        self.source_windows = self.source_valid = None
+        if source_ids is not None and source_ids.shape[1] >= n:
+            self.source_windows = source_ids.unfold(1, n, 1)
+            valid = source_mask.bool() if source_mask is not None else torch.ones_like(source_ids, dtype=torch.bool)
+            valid = valid[:: valid.shape[0] // source_ids.shape[0]]  # one row per sentence, as source_ids
+            self.source_valid = valid.unfold(1, n, 1).all(-1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        output = input_ids[:, self.prompt_length:]
+        if output.shape[1] - self.n + 1 < self.max_occurrences:
+            return scores  # too short to hold an n-gram max_occurrences times
+        context = output[:, output.shape[1] - self.n + 1:, None]  # the last n - 1 tokens, (rows, n - 1, 1)
+        windows = output.unfold(1, self.n, 1)  # (rows, windows, n)
+        followers = windows[..., -1]
+        matches = (windows[..., :-1] == context.transpose(1, 2)).all(-1)
+        # For each window, how often the n-gram (context, its follower) is in the output already: the same for every
+        # window with that follower, so the writes below agree where a token repeats.
+        counts = ((followers[:, :, None] == followers[:, None, :]) & matches[:, None, :]).sum(-1)
+        banned = (counts >= self.max_occurrences) & ~torch.isin(followers, self.eos.to(followers.device))
+        if self.source_windows is not None:
+            banned &= counts >= self.source_counts(context.transpose(1, 2), followers)
+        rows = torch.arange(output.shape[0], device=output.device)[:, None].expand_as(followers)
+        current = scores[rows, followers]
+        return scores.index_put((rows, followers), torch.where(banned, -math.inf, current))
+
+    def source_counts(self, context: torch.Tensor, followers: torch.Tensor) -> torch.Tensor:
+        """How often the source holds each n-gram (context, follower): (rows, windows)."""
+        windows = per_row(self.source_windows, followers.shape[0])
+        valid = per_row(self.source_valid, followers.shape[0])
+        starts = (windows[..., :-1] == context).all(-1) & valid
+        return ((followers[:, :, None] == windows[:, None, :, -1]) & starts[:, None, :]).sum(-1)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,10 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument("--compile-decoding", action="store_true",
                         help="torch engine, --num-beams 1: greedy decoding through a compiled decoder step (the "
                              "same translations; the compile costs seconds once per run)")
+    parser.add_argument("--no-guards", action="store_true",
+                        help="turn off the model's generation guards: the output length bound per sentence "
+                             "(generation_config.max_length_a/b) and the repeated n-gram guard "
+                             "(repetition_guard_ngram_size)")
     add_engine_arguments(parser)
 
 
@@ -54,20 +58,36 @@ def translator_for(args: argparse.Namespace, progress: bool) -> LineTranslator:
                                  device=args.device, dtype=args.dtype, compute_type=args.compute_type,
                                  inter_threads=args.inter_threads, intra_threads=args.intra_threads,
                                  max_tokens=args.max_tokens)
-    if not args.compile_decoding:
-        return translator
-    return dataclasses.replace(translator, translate_lines=under_compiled_decoding(translator.translate_lines),
-                               n_best_lines=under_compiled_decoding(translator.n_best_lines))
+    if getattr(args, "no_guards", False):
+        translator = within(without_guards, translator)
+    if args.compile_decoding:
+        translator = within(compiled_decoding, translator)
+    return translator
 
 
-def under_compiled_decoding(function):
-    """`function`, its generate() calls decoding through a compiled step (modeling.compiled_decoding)."""
+def without_guards():
+    """The context in which generate() and the CTranslate2 engine decode with the guards off."""
+    from ..modeling import GUARDS, generation_guards
+
+    return generation_guards(**dict.fromkeys(GUARDS))
+
+
+def compiled_decoding():
+    """The context in which generate() decodes through a compiled step (modeling.compiled_decoding)."""
     from ..modeling import compiled_decoding
 
-    @functools.wraps(function)
-    def compiled(*args, **kwargs):
-        with compiled_decoding():
-            return function(*args, **kwargs)
+    return compiled_decoding()
 
-    return compiled
 
+def within(context, translator: LineTranslator) -> LineTranslator:
+    """`translator`, its translations and n-best lists made within context()."""
+    def wrapped(function):
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            with context():
+                return function(*args, **kwargs)
+
+        return call
+
+    return dataclasses.replace(translator, translate_lines=wrapped(translator.translate_lines),
+                               n_best_lines=wrapped(translator.n_best_lines))
