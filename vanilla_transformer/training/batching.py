@@ -1,50 +1,78 @@
-"""Batches by token count, as in fairseq's --max-tokens: sentences of similar length, each batch as full as allowed."""
+"""Batches by token count, as in fairseq's --max-tokens: sentences of similar length, each batch as full as allowed.
 
+The batches of a training set (the examples in batch order and where each batch starts) are built once and cached
+beside the datasets cache, keyed by what they are made of: the train set's datasets fingerprint and row count,
+max_tokens, the seed and the format. A rerun, a resume and every process of a launch memory-map the cached arrays
+(their pages shared, no copy per process); one process per disk builds them, under a file lock.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+import xxhash
 from torch.utils.data import Sampler
 
 from .data import token_lengths
 
+logger = logging.getLogger(__name__)
 
-class TokenBatchSampler(Sampler[list[int]]):
-    """Groups examples of similar length into batches of at most `max_tokens` padded tokens.
+BATCHES_FORMAT = "order:int32+starts:int64:v1"  # in every cached plan's key: change it when the batches change
+ARRAYS = ("order", "starts")
+MANIFEST = "manifest.json"  # written last: the arrays' sizes and checksums
 
-    A batch of n pairs costs n * max(longest source, longest target), the padded size fairseq counts. The batches
-    are formed once (length-sorted, ties broken by the seed), so every epoch has the same number; their order is
-    shuffled per epoch from seed + epoch, so a run is deterministic and a resumed run sees the same order.
-    Distributed training shards the batches through accelerate (every rank gets different ones, in equal numbers).
-    The batches are two numpy arrays, as fairseq's are: the examples in batch order and where each batch starts, a
-    few bytes per example (lists of Python ints took about 100), so the sampler of a 45M-pair corpus fits any rank.
-    """
 
-    def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int, seed: int = 0,
-                 shuffle: bool = True):
-        if len(src_lengths) != len(tgt_lengths):
-            raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
-        self.src_lengths = np.asarray(src_lengths, dtype=np.int32)
-        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int32)
-        sizes = np.maximum(self.src_lengths, self.tgt_lengths)
-        self.max_tokens, self.seed, self.shuffle = max_tokens, seed, shuffle
+@dataclass(frozen=True)
+class BatchesKey:
+    """What a training set's batches are made of: its rows (datasets fingerprint and count), max_tokens, the seed."""
+
+    pairs: int
+    train_set: str  # the datasets fingerprint of the tokenised, cleaned pairs
+    max_tokens: int
+    seed: int
+    format: str = BATCHES_FORMAT
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+    def __str__(self) -> str:
+        return f"{self.pairs:,} pairs of train set {self.train_set}, max_tokens={self.max_tokens}, seed={self.seed}"
+
+
+@dataclass
+class PackedBatches:
+    """An epoch's batches before shuffling: batch b is order[starts[b]:starts[b + 1]], and the real and padded
+    tokens of all of them (source + target), for the padding fraction."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    real_tokens: int
+    padded_tokens: int
+    key: BatchesKey | None = None  # None for batches of bare lengths, which no cache holds
+
+
+class PackedBatchSampler(Sampler[list[int]]):
+    """The batches, in an order shuffled per epoch from seed + epoch, so a run is deterministic and a resumed run
+    sees the same order. Distributed training shards the batches through accelerate (every rank gets different
+    ones, in equal numbers). Two numpy arrays, as fairseq's are, a few bytes per example (lists of Python ints took
+    about 100), and memory-mapped when they come from the cache."""
+
+    def __init__(self, batches: PackedBatches, seed: int, shuffle: bool = True):
+        self.batches, self.order, self.starts = batches, batches.order, batches.starts
+        self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
-        too_long = np.flatnonzero(sizes > max_tokens)
-        if len(too_long):
-            i = int(too_long[0])
-            raise ValueError(f"example {i} has {int(sizes[i])} tokens, more than max_tokens={max_tokens}; "
-                             "filter long pairs (max_length) or raise max_tokens")
-        self.order = self.length_order()
-        self.starts = pack(sizes[self.order], max_tokens)  # batch b is order[starts[b]:starts[b + 1]]
-
-    def length_order(self) -> np.ndarray:
-        """The examples sorted by target then source length, ties in seeded random order."""
-        tie_break = torch.randperm(len(self.src_lengths), generator=torch.Generator().manual_seed(self.seed)).numpy()
-        longest_source = int(self.src_lengths.max()) if len(self.src_lengths) else 0
-        key = self.tgt_lengths.astype(np.int64) * (longest_source + 1) + self.src_lengths
-        order = tie_break[np.argsort(key[tie_break], kind="stable")]
-        return order.astype(np.int32 if len(order) < 2**31 else np.int64)
 
     def batch(self, b: int) -> list[int]:
         return self.order[self.starts[b]:self.starts[b + 1]].tolist()
@@ -65,14 +93,54 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     def padding_fraction(self) -> float:
         """Share of the padded source + target positions that hold padding, over one epoch."""
-        if not len(self):
-            return 0.0
-        starts, counts = self.starts[:-1], np.diff(self.starts)
-        real = padded = 0
-        for lengths in (self.src_lengths[self.order], self.tgt_lengths[self.order]):
-            real += int(lengths.sum(dtype=np.int64))
-            padded += int((np.maximum.reduceat(lengths, starts).astype(np.int64) * counts).sum())
-        return 1 - real / padded
+        return 1 - self.batches.real_tokens / self.batches.padded_tokens if len(self) else 0.0
+
+
+class TokenBatchSampler(PackedBatchSampler):
+    """Groups examples of similar length into batches of at most `max_tokens` padded tokens.
+
+    A batch of n pairs costs n * max(longest source, longest target), the padded size fairseq counts. The batches
+    are formed once (length-sorted, ties broken by the seed), so every epoch has the same number.
+    """
+
+    def __init__(self, src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int, seed: int = 0,
+                 shuffle: bool = True):
+        super().__init__(pack_batches(src_lengths, tgt_lengths, max_tokens, seed), seed, shuffle)
+
+
+def pack_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tokens: int, seed: int,
+                 key: BatchesKey | None = None) -> PackedBatches:
+    """The batches of examples of these lengths: sorted by target then source length, ties in seeded random order,
+    then packed greedily to max_tokens."""
+    if len(src_lengths) != len(tgt_lengths):
+        raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
+    src, tgt = np.asarray(src_lengths, dtype=np.int32), np.asarray(tgt_lengths, dtype=np.int32)
+    sizes = np.maximum(src, tgt)
+    too_long = np.flatnonzero(sizes > max_tokens)
+    if len(too_long):
+        i = int(too_long[0])
+        raise ValueError(f"example {i} has {int(sizes[i])} tokens, more than max_tokens={max_tokens}; "
+                         "filter long pairs (max_length) or raise max_tokens")
+    order = length_order(src, tgt, seed)
+    starts = pack(sizes[order], max_tokens)  # batch b is order[starts[b]:starts[b + 1]]
+    del sizes
+    real = padded = 0
+    if len(starts) > 1:
+        counts = np.diff(starts)
+        for lengths in (src, tgt):
+            in_order = lengths[order]
+            real += int(in_order.sum(dtype=np.int64))
+            padded += int((np.maximum.reduceat(in_order, starts[:-1]).astype(np.int64) * counts).sum())
+    return PackedBatches(order, starts, real, padded, key)
+
+
+def length_order(src_lengths: np.ndarray, tgt_lengths: np.ndarray, seed: int) -> np.ndarray:
+    """The examples sorted by target then source length, ties in seeded random order."""
+    tie_break = torch.randperm(len(src_lengths), generator=torch.Generator().manual_seed(seed)).numpy()
+    longest_source = int(src_lengths.max()) if len(src_lengths) else 0
+    key = tgt_lengths.astype(np.int64) * (longest_source + 1) + src_lengths
+    order = tie_break[np.argsort(key[tie_break], kind="stable")]
+    return order.astype(np.int32 if len(order) < 2**31 else np.int64)
 
 
 def pack(sizes: np.ndarray, max_tokens: int) -> np.ndarray:
@@ -89,8 +157,131 @@ def pack(sizes: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
-def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> TokenBatchSampler:
+def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> PackedBatchSampler:
     """The training batches of a tokenised dataset (input_ids and labels), each of at most max_tokens padded tokens:
-    what the trainer iterates, and what the prepare command counts."""
-    return TokenBatchSampler(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"),
-                             max_tokens=max_tokens, seed=seed)
+    what the trainer iterates, and what the prepare command counts. Read from the cache when a process built them
+    before (this run's, an earlier run's or the prepare command's), else built and cached, when the dataset is in the
+    datasets cache (an in-memory one has no lasting fingerprint)."""
+    key = BatchesKey(len(dataset), dataset._fingerprint, max_tokens, seed)
+
+    def build() -> PackedBatches:
+        return pack_batches(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"), max_tokens, seed,
+                            key)
+
+    cacheable = bool(dataset.cache_files) and datasets.is_caching_enabled()
+    return PackedBatchSampler(cached_batches(batches_cache(key), key, build) if cacheable else build(), seed)
+
+
+def batches_cache(key: BatchesKey) -> Path:
+    """Where the batches made of this key are kept, beside the datasets cache."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "vanilla_transformer" / "batch_plans" / key.fingerprint()
+
+
+def cached_batches(folder: Path, key: BatchesKey, build) -> PackedBatches:
+    """The batches in the folder, memory-mapped; else build() them and write the folder whole, once: the first
+    process to take the folder's lock builds, the others wait for it and then map what it wrote."""
+    started = time.perf_counter()
+    batches, _ = read_batches(folder, key)
+    if batches is None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with locked(folder.with_name(folder.name + ".lock")):
+            batches, problem = read_batches(folder, key)  # written by another process meanwhile, or broken
+            if batches is None:
+                if problem:
+                    logger.warning("token batches: %s; building them again", problem)
+                    shutil.rmtree(folder, ignore_errors=True)
+                for leftover in folder.parent.glob(f"{folder.name}.partial-*"):  # of a process killed while writing
+                    shutil.rmtree(leftover, ignore_errors=True)
+                built = build()
+                write_batches(folder, built)
+                logger.info("token batches: built and cached in %s in %.1f s (%s)", folder,
+                            time.perf_counter() - started, key)
+                batches, problem = read_batches(folder, key)
+                if batches is None:
+                    raise OSError(f"{folder}: the token batches just written do not read back: {problem}")
+                return batches
+    logger.info("token batches: read from the cache %s in %.2f s (%s)", folder, time.perf_counter() - started, key)
+    return batches
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on the file for the block (released if the process dies)."""
+    with open(path, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def write_batches(folder: Path, batches: PackedBatches) -> None:
+    """The arrays and then their manifest, each synced to disk, in a folder of their own renamed to `folder`: a
+    process killed meanwhile leaves no `folder`, only a partial one that the next build removes."""
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.partial-"))
+    partial.chmod(0o755)  # mkdtemp's 0700 would hide the cache from the other users of a shared one
+    arrays = {}
+    for name in ARRAYS:
+        array = np.ascontiguousarray(getattr(batches, name))
+        path = partial / f"{name}.npy"
+        save_array(path, array)
+        arrays[name] = {"dtype": str(array.dtype), "shape": list(array.shape), "bytes": path.stat().st_size,
+                        "xxh3_128": xxhash.xxh3_128_hexdigest(array)}
+    manifest = {"key": asdict(batches.key), "fingerprint": batches.key.fingerprint(), "arrays": arrays,
+                "real_tokens": batches.real_tokens, "padded_tokens": batches.padded_tokens}
+    with open(partial / MANIFEST, "w", encoding="utf-8") as file:
+        json.dump(manifest, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+    sync_folder(partial)
+    try:
+        partial.rename(folder)
+    except OSError:  # another process (without a working lock, on a network disk) renamed its copy there first
+        shutil.rmtree(partial, ignore_errors=True)
+        if not folder.is_dir():
+            raise
+    sync_folder(folder.parent)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, array)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the folder's entries (new files, a rename) durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_batches(folder: Path, key: BatchesKey) -> tuple[PackedBatches | None, str | None]:
+    """The batches in the folder, memory-mapped, if its manifest is whole and the arrays match its sizes and
+    checksums; else None and what is wrong (None too when there is no folder)."""
+    if not folder.is_dir():
+        return None, None
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if manifest["key"] != asdict(key):
+            return None, f"{folder / MANIFEST}: made of {manifest['key']}, not of {asdict(key)}"
+        arrays = {}
+        for name in ARRAYS:
+            path, expected = folder / f"{name}.npy", manifest["arrays"][name]
+            if path.stat().st_size != expected["bytes"]:
+                return None, f"{path}: {path.stat().st_size} bytes, not the {expected['bytes']} written (truncated?)"
+            array = np.load(path, mmap_mode="r")
+            if str(array.dtype) != expected["dtype"] or list(array.shape) != expected["shape"]:
+                return None, f"{path}: {array.dtype} {list(array.shape)}, not {expected['dtype']} {expected['shape']}"
+            if xxhash.xxh3_128_hexdigest(array) != expected["xxh3_128"]:
+                return None, f"{path}: its checksum is not the one written (the file is corrupt)"
+            arrays[name] = array
+        return PackedBatches(arrays["order"], arrays["starts"], manifest["real_tokens"], manifest["padded_tokens"],
+                             key), None
+    except FileNotFoundError as error:
+        return None, f"{error.filename}: missing"
+    except (OSError, ValueError, KeyError, TypeError) as error:  # an unreadable or half-written manifest or header
+        return None, f"{folder}: unreadable ({type(error).__name__}: {error})"

@@ -2,6 +2,7 @@
 half-written one (a run killed while saving, a full disk), whichever backend wrote them: DDP (or one process), FSDP
 with a full or a sharded state dict, DeepSpeed ZeRO 1-3."""
 
+import dataclasses
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ TRAINER_STATE = "trainer_state.json"  # the Trainer writes it last
 FSDP_WEIGHTS = "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0"  # accelerate's save_fsdp_model: full, sharded (DCP)
 FSDP_OPTIMIZER = "optimizer.bin", "optimizer_0"  # accelerate's save_fsdp_optimizer: full, sharded (DCP)
 DEEPSPEED_TAG = "latest"  # DeepSpeed's save_checkpoint: names the global_stepN folder that holds the states
+BATCHES_RECORD = "TokenBatchesRecord"  # trainer.py's callback: in trainer_state.json, the batches trained on
 
 
 class CheckpointError(ValueError):
@@ -199,6 +201,32 @@ def resume_checkpoint(run_dir: str | Path, state=None) -> Path:
         f"{run_dir}: no checkpoint-N folder is complete on every process of the launch ({held}). Each process reads "
         "its own machine's run folder, and only the main process writes checkpoints: put output_dir on a disk that "
         "every machine shares, or copy the newest checkpoint-N folder into the run folder of each machine")
+
+
+def batches_problem(checkpoint: Path, key) -> str | None:
+    """Why the checkpoint may not be resumed on this run's batches (key: their batching.BatchesKey): it was trained
+    on others, made of other data or settings. None when they are the same; a checkpoint from before the batches
+    were recorded is resumed with a warning."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text(encoding="utf-8"))
+    recorded = (state.get("stateful_callbacks", {}).get(BATCHES_RECORD) or {}).get("attributes") or {}
+    if not recorded.get("fingerprint"):
+        logger.warning("%s records no fingerprint of the batches it was trained on (a checkpoint from before they "
+                       "were recorded): resuming without checking that this run's are the same", checkpoint)
+        return None
+    fingerprint, now, before = key.fingerprint(), dataclasses.asdict(key), recorded.get("made_of") or {}
+    if recorded["fingerprint"] == fingerprint:
+        return None
+    try:
+        was = str(type(key)(**before))
+    except TypeError:  # recorded in another format
+        was = json.dumps(before)
+    changed = ", ".join(name for name, value in now.items() if before.get(name) != value)
+    return (f"--resume: {checkpoint} was trained on other batches than this run's: batches {recorded['fingerprint']} "
+            f"made of {was}; this run's are {fingerprint}, made of {key} (changed: {changed}; a train set's "
+            "fingerprint is that of its tokenised, cleaned pairs). The training data or what makes its batches "
+            "changed since the checkpoint (the corpus files, the tokenizer, the cleaning, the tokens of a "
+            "micro-batch, the seed): resume with what the run was trained on, or start a new run (--overwrite, or "
+            "another --output-dir)")
 
 
 def whole_weights_problem(state, average_last: int) -> str | None:

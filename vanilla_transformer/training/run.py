@@ -22,7 +22,7 @@ from ..modeling import VanillaTransformerForConditionalGeneration
 from ..results import RunResults, SplitScore
 from .augment import make_augmenter
 from .average import averaged_model
-from .checkpoints import last_checkpoints, resume_checkpoint, whole_weights_problem
+from .checkpoints import CheckpointError, batches_problem, last_checkpoints, resume_checkpoint, whole_weights_problem
 from .plots import plot_curves
 from .prepare import PreparedData, prepare_data, process_state
 from .recipe import Recipe, RecipeError, load_recipe
@@ -87,7 +87,6 @@ def training_arguments(recipe: Recipe, d_model: int) -> Seq2SeqTrainingArguments
         save_total_limit=t.save_total_limit,
         predict_with_generate=True,
         generation_num_beams=g.num_beams,
-        remove_unused_columns=not t.log_batches,
         report_to=t.trackers(),
         disable_tqdm=False,
         ddp_timeout=t.ddp_timeout,
@@ -124,6 +123,10 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command
         refused = whole_weights_problem(trainer.accelerator.state, recipe.average_last)  # the backend's, known now
         if refused:
             raise RecipeError(refused)
+        if checkpoint:  # the folder untouched if its checkpoints were trained on other batches
+            changed = batches_problem(checkpoint, trainer.train_batches().batches.key)
+            if changed:
+                raise CheckpointError(changed)
         open_run_folder(recipe, data, replaced, command)
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -234,13 +237,10 @@ def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: Prepare
     model = VanillaTransformerForConditionalGeneration(config)
     model.generation_config.update(**decoding_settings(g.num_beams, g.length_penalty),
                                    max_length_offset=g.max_length_offset)
-    train_set = data.train_set
-    if t.log_batches:
-        train_set = train_set.add_column("idx", list(range(len(train_set))))
     return TranslationTrainer(
         model=model,
         args=training_arguments(recipe, config.d_model),
-        train_dataset=train_set,
+        train_dataset=data.train_set,
         eval_dataset=data.validation_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
         processing_class=tokenizer,

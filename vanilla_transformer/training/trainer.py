@@ -2,6 +2,7 @@
 label-smoothed loss, a stop at the first non-finite update, checkpoints whose failed writes name the folder, the
 run's own logging, evaluation and save steps on a resume, throughput."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
 from .augment import Augmenter, IndexedPairs
-from .batching import token_batches
+from .batching import PackedBatchSampler, token_batches
 from .checkpoints import is_fsdp2_full_state_dict, load_fsdp2_full_weights
 from .recipe import BatchPlan
 from .schedule import budget_scheduler, noam_scheduler
@@ -52,6 +53,9 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.augmenter = augmenter  # data.augment (training/augment.py): None leaves the batches as they are
         self.tokens_since_log = self.padded_since_log = self.batch_tokens_since_log = 0
         self.log_clock = self.log_step = None
+        self.batch_sampler: PackedBatchSampler | None = None  # train_batches() makes it once
+        self.batches_record = TokenBatchesRecord()
+        self.add_callback(self.batches_record)
         self.add_callback(SamplerEpoch(self))
         self.time_budget = TimeBudget(max_minutes)
         self.add_callback(self.time_budget)
@@ -61,15 +65,25 @@ class TranslationTrainer(Seq2SeqTrainer):
         self.add_callback(FiniteUpdates(self))
         self.add_callback(RunSteps())
 
+    def train_batches(self) -> PackedBatchSampler:
+        """The training batches, read from their cache or built (once per trainer), recorded for the checkpoints."""
+        if self.batch_sampler is None:
+            micro_batch = self.micro_batch_tokens
+            packed = self.augmenter.packing_tokens(micro_batch) if self.augmenter else micro_batch
+            self.batch_sampler = token_batches(self.train_dataset, packed, self.args.seed)
+            self.batches_record.key = self.batch_sampler.batches.key
+        return self.batch_sampler
+
     def get_train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
-        packed = self.augmenter.packing_tokens(self.micro_batch_tokens) if self.augmenter else self.micro_batch_tokens
-        self.batch_sampler = token_batches(dataset, packed, self.args.seed)
+        self.train_batches()
         if self.is_world_process_zero():
             logger.info("%d training pairs in %d batches of <= %d tokens, %.1f%% padding", len(dataset),
                         len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
             logger.info("%s", self.batch_plan())
         collator = self.data_collator
+        if self.batch_log is not None:  # each pair's row number, for the batch log (a wrapper: the rows stay cached)
+            dataset = RowNumbered(dataset)
         if self.augmenter is not None:  # the sampler above packs the un-augmented pairs; the collator keeps its cap
             dataset, collator = IndexedPairs(dataset), self.augmenter.collator(collator, self.micro_batch_tokens)
         if self.batch_log is not None:
@@ -158,6 +172,23 @@ class LabelSmoothedLoss:
         # `is None`, not `or`: transformers passes a device tensor, whose truth would sync on every micro-batch.
         tokens = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
         return loss / tokens
+
+
+class TokenBatchesRecord(TrainerCallback, ExportableState):
+    """Records in each checkpoint's trainer_state.json the fingerprint of the batches it was trained on and what
+    they are made of (batching.BatchesKey), which a resume compares with its own (checkpoints.batches_problem)."""
+
+    def __init__(self):
+        self.key = None  # the trainer's, once it has its batches
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The Trainer's save updates an entry of the state it resumed: a checkpoint from before this record has none.
+        state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+
+    def state(self) -> dict:
+        key = self.key
+        return {"args": {}, "attributes": {"fingerprint": key.fingerprint() if key else None,
+                                           "made_of": dataclasses.asdict(key) if key else None}}
 
 
 class SamplerEpoch(TrainerCallback):
@@ -314,6 +345,19 @@ class RunSteps(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         state.compute_steps(args, state.max_steps)
+
+
+class RowNumbered(Dataset):
+    """The training pairs, each with its row number as "idx", for the batch log."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int) -> dict:
+        return {**self.dataset[row], "idx": row}
 
 
 class BatchLoggingCollator:
