@@ -212,9 +212,9 @@ cli.main()
 """
 
 
-def test_the_processes_waiting_for_the_data_path_wait_as_long_as_the_recipe_says(small_corpus, tmp_path):
-    # The barrier the other processes wait at uses the recipe's training.ddp_timeout: the process group is made before
-    # the Trainer's, so its ddp_timeout alone came too late (and torch's default is 10 minutes under NCCL).
+def test_the_processes_waiting_for_the_data_path_wait_on_its_work_not_on_ddp_timeout(small_corpus, tmp_path):
+    # The process waiting for the main one to read the text waits as long as the main one works (its heartbeat), here
+    # 4 times training.ddp_timeout: a fixed timeout (the barrier's) failed a first launch at 45M pairs.
     from test_training import train_args
 
     script = tmp_path / "slow_main_process.py"
@@ -225,9 +225,7 @@ def test_the_processes_waiting_for_the_data_path_wait_as_long_as_the_recipe_says
     command = accelerate_launch(str(script), *prepare)
     env = launch_env(HF_DATASETS_CACHE=str(tmp_path / "c"))
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "process 1 waited more than training.ddp_timeout=3 s for the data to be prepared" in result.stderr, \
-        result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("shared_disk", [True, False])
@@ -249,12 +247,13 @@ def test_two_machines_prepare_once_or_once_each(small_corpus, tmp_path, shared_d
     for launch in launches:
         stderr = launch.communicate(timeout=600)[1]
         assert launch.returncode == 0, stderr[-3000:]
-    reused = ("read text", "tokenizer", "tokenize train", "tokenize validation")
     for rank in range(2):
         disk = tmp_path / ("shared" if shared_disk else f"machine{rank}")
         phases = data_phases(disk / "run", rank)
         prepared_here = rank == 0 or not shared_disk  # each cache filled once, by one process
-        assert [phases[name]["cached"] for name in reused] == [not prepared_here] * 4, rank
+        assert [phases[name]["cached"] for name in ("read text", "tokenize validation")] == [not prepared_here] * 2
+        assert phases["tokenizer"]["cached"] == (rank == 1)  # machine 0's, handed over
+        assert not phases["tokenize train"]["cached"] and phases["tokenize train"]["shards"]["encoded"] == [rank]
 
 
 def test_cleaning_holds_no_python_object_per_pair():

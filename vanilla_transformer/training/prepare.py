@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -26,10 +27,11 @@ import torch
 from accelerate import PartialState
 from transformers import AutoTokenizer
 
-from .data import clean, load_parallel, tokenize
+from .coordination import Launch
+from .data import clean, load_parallel, tokenize, tokenized_fingerprint
 from .memory import peak_rss_mb, return_freed_memory
 from .recipe import Recipe
-from .tokenize_child import tokenize_train
+from .shards import shares_disk_with_main, tokenize_across_machines
 from .tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Phase:
     peak_rss_mb: int | None = None  # the process's, so far
     detail: str | None = None  # how it ran, where that is not the obvious way
     peak_rss_with_child_mb: int | None = None  # this process's RSS while a child worked for it, plus the child's peak
+    shards: dict | None = None  # the train set's shards this process encoded, read, received, sent (shards.py)
 
 
 @dataclass
@@ -79,7 +82,8 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = None,
                  max_length: int | None = None) -> PreparedData:
-    """Read, tokenise and clean the recipe's data; the main process first, the others then reuse its caches.
+    """Read, tokenise and clean the recipe's data; each machine's main process first, the others then reuse its
+    caches; in a launch of several machines the train set is tokenised a shard per machine.
 
     tokenizer_dir: a tokenizer saved there earlier is used (the run folder's, on resume).
     max_length: the model's positions: longer training pairs are dropped, longer validation sentences truncated.
@@ -91,6 +95,7 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
     @contextmanager
     def phase(name: str):  # yields the phase's record, and the cache files that existed before it
         started = time.perf_counter()
+        launch.step = name  # named in this process's failure, for the processes waiting on it
         record = Phase(name, 0.0)
         yield record, arrow_files()  # what the datasets cache held before
         record.seconds = round(time.perf_counter() - started, 1)
@@ -99,32 +104,78 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         logger.info("data path: %s took %.1f s", name, record.seconds)
 
     state = process_state(recipe.training.ddp_timeout)
-    with main_process_first(state, recipe.training.ddp_timeout):
+    launch = Launch.of(state)
+    with launch.running():
+        # Whose datasets cache this process reads, after that process has filled it: its machine's main process,
+        # and for that one machine 0's, where it sees machine 0's disk; one that fills its own waits for none.
+        shares_disk = shares_disk_with_main(launch)
+        disk_leader = launch.local_main if not launch.is_local_main else 0 if shares_disk else None
         with phase("read text") as (p, existing):
+            launch.wait_for(disk_leader, "read text", "read the text into the datasets cache")
             splits = [s for s in (d.train, d.validation, d.test) if s]
             raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
             p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
             p.cached = found_in(raw[d.train], existing)
             return_freed_memory()  # what reading the files left in the heap and Arrow's pool
+            launch.done("read text")
         with phase("tokenizer") as (p, _):
-            tokenizer, p.cached = load_or_train_tokenizer(recipe, raw[d.train], tokenizer_dir)
+            tokenizer, p.cached, fingerprint = shared_tokenizer(launch, recipe, raw[d.train], tokenizer_dir)
+            if launch.rank != 0 and launch.store is not None:
+                p.detail = "machine 0's main process's"
         with phase("tokenize train") as (p, existing):
-            tokenized, child = tokenize_train(raw[d.train], tokenizer, langs, d.num_proc)
+            tokenized, child, shards = tokenize_across_machines(launch, raw[d.train], tokenizer, langs, d.num_proc,
+                                                                fingerprint, shares_disk)
             if child is not None:
                 p.detail, p.peak_rss_with_child_mb = child.describe(), child.parent_rss_mb + child.peak_rss_mb
             p.rows, p.megabytes = len(tokenized), arrow_megabytes(tokenized)
-            p.cached = found_in(tokenized, existing)
+            p.cached = not shards.encoded if shards else found_in(tokenized, existing)
+            if shards:
+                p.shards = asdict(shards)
+                p.detail = "; ".join(filter(None, (shards.describe(), p.detail)))
         with phase("clean") as (p, _):
             train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio, max_positions=max_length)
             p.rows = len(train_set)
         with phase("tokenize validation") as (p, existing):
+            launch.wait_for(disk_leader, "tokenize validation", "tokenize the validation set")
             validation_pairs = raw[d.validation]
             if d.validation_size:
                 validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))
             validation_set = tokenize(validation_pairs, tokenizer, langs, d.num_proc, max_length)
             p.rows = len(validation_set)
             p.cached = found_in(validation_set, existing)
+            launch.done("tokenize validation")
+        launch.finish()
     return PreparedData(raw, tokenizer, train_set, validation_set, cleaning, phases)
+
+
+def shared_tokenizer(launch: Launch, recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):
+    """The run's tokenizer: machine 0's main process loads or learns it, the other processes of the launch receive
+    it from that one (the same tokenizer, whatever their disks hold), on a train text that must be the same.
+
+    Returns it, whether it was reused rather than learned, and the key of the train set tokenised with it.
+    """
+    if launch.rank == 0:
+        tokenizer, reused = load_or_train_tokenizer(recipe, train_pairs, saved)
+        fingerprint = tokenized_fingerprint(train_pairs._fingerprint, tokenizer.backend_tokenizer.to_str(),
+                                            (recipe.data.src, recipe.data.tgt), None)
+        if launch.store is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                tokenizer.save_pretrained(folder)
+                files = {f.name: f.read_text(encoding="utf-8") for f in Path(folder).iterdir() if f.is_file()}
+            launch.done("tokenizer", {"files": files, "text": train_pairs._fingerprint, "rows": len(train_pairs),
+                                      "tokenized": fingerprint})
+        return tokenizer, reused, fingerprint
+    made = launch.wait_for(0, "tokenizer", "load or learn the tokenizer")
+    if (made["text"], made["rows"]) != (train_pairs._fingerprint, len(train_pairs)):
+        raise ValueError(
+            f"process {launch.rank} read another train text than process 0 ({len(train_pairs):,} pairs, fingerprint "
+            f"{train_pairs._fingerprint}; process 0: {made['rows']:,}, {made['text']}): every machine of a launch "
+            "must read the same corpus, at the same path (the datasets cache keys a text by its path and content)")
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in made["files"].items():
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    return tokenizer, True, made["tokenized"]
 
 
 def process_state(timeout_seconds: int | None = None) -> PartialState:
@@ -137,29 +188,6 @@ def process_state(timeout_seconds: int | None = None) -> PartialState:
     """
     kwargs = {"timeout": timedelta(seconds=timeout_seconds)} if timeout_seconds else {}
     return PartialState(cpu=not torch.cuda.is_available(), **kwargs)
-
-
-@contextmanager
-def main_process_first(state: PartialState, timeout_seconds: int):
-    """The block runs in the main process first, then in the main process of each other machine, then in all the
-    others, each turn reading what the earlier ones cached: once in all if the machines share the datasets cache,
-    once per machine if each has its own disk, and never twice at once on one machine.
-
-    The others wait at a barrier; a wait longer than the timeout is an error that says what to do.
-    """
-    turn = 0 if state.is_main_process else 1 if state.is_local_main_process else 2
-    for current in range(3):
-        if current == turn:
-            yield
-        try:
-            state.wait_for_everyone()
-        except RuntimeError as error:  # what gloo and NCCL raise when a collective times out
-            if current < turn:
-                raise RuntimeError(
-                    f"process {state.process_index} waited more than training.ddp_timeout={timeout_seconds} s for "
-                    "the data to be prepared: raise it, or run `vanilla-transformer prepare` on the recipe first (on "
-                    "every machine that has a cache of its own); the launch then finds everything cached") from error
-            raise
 
 
 def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved: Path | None):

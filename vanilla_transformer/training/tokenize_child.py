@@ -12,6 +12,7 @@ in-process with the system's malloc. By default jemalloc or mimalloc is used whe
 """
 
 import ctypes.util
+import hashlib
 import json
 import logging
 import os
@@ -63,22 +64,33 @@ class ChildRun:
 
 
 def tokenize_train(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
-                   min_pairs: int = MIN_PAIRS) -> tuple[datasets.Dataset, ChildRun | None]:
+                   min_pairs: int = MIN_PAIRS, fingerprint: str | None = None, shard: tuple[int, int] | None = None
+                   ) -> tuple[datasets.Dataset, ChildRun | None]:
     """data.tokenize(), the encoding done in a child process with a faster malloc when it is worth it.
 
+    fingerprint: the key of the whole set tokenised (by default this process's: the text's and the tokenizer's).
+    shard: (index, count): only the index-th of `count` contiguous shards of the pairs, under a key of its own.
     Returns the tokenised pairs and, when a child encoded them, how it ran.
     """
     library = malloc_library()
     backend = tokenizer.backend_tokenizer.to_str()
-    fingerprint = tokenized_fingerprint(dataset._fingerprint, backend, langs, None)
+    fingerprint = fingerprint or tokenized_fingerprint(dataset._fingerprint, backend, langs, None)
+    pairs = dataset
+    if shard is not None:
+        pairs, fingerprint = dataset.shard(shard[1], shard[0], contiguous=True), shard_fingerprint(fingerprint, *shard)
     # The child reads the pairs from their Arrow files, whole (not through a selection), and hands its result over
     # through the datasets cache.
     readable = bool(dataset.cache_files) and dataset._indices is None and datasets.is_caching_enabled()
-    worth_it = (library is not None and len(dataset) >= min_pairs and readable
+    worth_it = (library is not None and len(pairs) >= min_pairs and readable
                 and not already_tokenized(dataset, fingerprint))
-    child = run_child(dataset, backend, langs, num_proc, fingerprint, library) if worth_it else None
+    child = run_child(dataset, backend, langs, num_proc, fingerprint, library, shard) if worth_it else None
     # The same key as tokenize(dataset, tokenizer, ...): the child's output is read as a cache hit.
-    return encode_pairs(dataset, backend, langs, num_proc, None, fingerprint), child
+    return encode_pairs(pairs, backend, langs, num_proc, None, fingerprint), child
+
+
+def shard_fingerprint(fingerprint: str, index: int, count: int) -> str:
+    """The key of the index-th of `count` contiguous shards of the pairs tokenised under `fingerprint`."""
+    return hashlib.sha256(json.dumps([fingerprint, index, count]).encode()).hexdigest()[:16]
 
 
 def already_tokenized(dataset: datasets.Dataset, fingerprint: str) -> bool:
@@ -87,17 +99,18 @@ def already_tokenized(dataset: datasets.Dataset, fingerprint: str) -> bool:
 
 
 def run_child(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], num_proc: int | None,
-              fingerprint: str, library: str) -> ChildRun | None:
+              fingerprint: str, library: str, shard: tuple[int, int] | None = None) -> ChildRun | None:
     """Encode the pairs in a child with `library` preloaded; on failure say why (the parent then encodes them)."""
     with tempfile.TemporaryDirectory(prefix="vanilla-transformer-tokenize-") as folder:
         spec = Path(folder) / "spec.json"
         spec.write_text(json.dumps({
             "files": [f["filename"] for f in dataset.cache_files], "rows": len(dataset), "backend": backend,
-            "langs": list(langs), "num_proc": num_proc, "fingerprint": fingerprint,
+            "langs": list(langs), "num_proc": num_proc, "fingerprint": fingerprint, "shard": shard,
         }), encoding="utf-8")
         report = Path(folder) / "report.json"
         env = {**os.environ, "LD_PRELOAD": " ".join(filter(None, (library, os.environ.get("LD_PRELOAD"))))}
-        logger.info("tokenize train: encoding %d pairs in a child process with %s preloaded", len(dataset), library)
+        logger.info("tokenize train: encoding %s in a child process with %s preloaded",
+                    f"shard {shard[0]} of {shard[1]}" if shard else f"{len(dataset)} pairs", library)
         return_freed_memory()  # what the tokenizer's training freed, for the child to use
         parent_rss_mb, parent_file_mb = current_rss_mb()
         code = subprocess.call([sys.executable, "-m", __name__, str(spec), str(report)], env=env)
@@ -116,6 +129,9 @@ def main(spec_path: str, report_path: str) -> None:
     dataset = tables[0] if len(tables) == 1 else datasets.concatenate_datasets(tables)
     if len(dataset) != spec["rows"]:
         sys.exit(f"{spec['files']}: {len(dataset)} rows, but the parent has {spec['rows']}")
+    if spec["shard"] is not None:
+        index, count = spec["shard"]
+        dataset = dataset.shard(count, index, contiguous=True)
     encode_pairs(dataset, spec["backend"], tuple(spec["langs"]), spec["num_proc"], None, spec["fingerprint"])
     preloaded = os.environ.get("LD_PRELOAD", "").split()[0]
     mapped = {Path(line.split()[-1]) for line in Path("/proc/self/maps").read_text().splitlines() if "/" in line}

@@ -1,0 +1,168 @@
+"""A launch of two machines (on this one, over loopback, gloo on the CPU) tokenises the train set a half per machine,
+joined in order: the batches are those of one process; a machine whose partner fails or dies is told at once."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import accelerate_launch, free_port, launch_env
+from test_training import train_args
+
+# The CLI with the tokenizers backend wrapped: every batch of texts it encodes is recorded (process, count, first
+# text), and it fails or dies on purpose where the test says.
+HOOKED_CLI = """
+import os, signal
+from vanilla_transformer import cli
+from vanilla_transformer.training import data
+
+backend = data.Tokenizer
+rank = os.environ["RANK"]
+
+
+class Recording:
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_batch_fast(self, texts):
+        if os.environ.get("FAIL_ON_RANK") == rank and len(texts) > 100:  # the train set's, not the validation's
+            raise RuntimeError("the tokenizer failed on purpose")
+        if os.environ.get("KILL_ON_RANK") == rank and len(texts) > 100:
+            os.kill(os.getpid(), signal.SIGKILL)
+        with open(os.environ["ENCODED_LOG"], "a", encoding="utf-8") as log:
+            log.write(f"{rank}\\t{len(texts)}\\t{texts[0]}\\n")
+        return self.inner.encode_batch_fast(texts)
+
+
+class Hooked:
+    @staticmethod
+    def from_str(text):
+        return Recording(backend.from_str(text))
+
+
+data.Tokenizer = Hooked
+cli.main()
+"""
+
+SETTINGS = ("training.max_steps=2", "training.save_steps=2", "training.update_tokens=600",
+            "training.micro_batch_tokens=300", "training.log_batches=true", "data.test=null")
+
+
+def encoded(log: Path) -> list[tuple[int, int, str]]:
+    """(process, texts, first text) of every batch of texts encoded."""
+    rows = [line.split("\t") for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
+    return [(int(rank), int(count), first) for rank, count, first in rows]
+
+
+def logged_batches(run: Path, rank: int) -> list[list[int]]:
+    return [json.loads(line) for line in (run / f"batches-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def data_phases(run: Path, rank: int) -> dict[str, dict]:
+    return {phase["name"]: phase for phase in json.loads((run / f"data-rank{rank}.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def hooked_cli(tmp_path_factory) -> Path:
+    script = tmp_path_factory.mktemp("hook") / "hooked_cli.py"
+    script.write_text(HOOKED_CLI)
+    return script
+
+
+@pytest.fixture(scope="module")
+def one_process(small_corpus, hooked_cli, tmp_path_factory) -> tuple[Path, list]:
+    """A run of one process: its folder and what it encoded."""
+    folder = tmp_path_factory.mktemp("one-process")
+    env = {**launch_env(HF_DATASETS_CACHE=str(folder / "cache")), "ENCODED_LOG": str(folder / "encoded.tsv"),
+           "RANK": "0"}
+    command = [sys.executable, str(hooked_cli), *train_args(small_corpus, folder / "run", *SETTINGS)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder / "run", encoded(folder / "encoded.tsv")
+
+
+def launch_two_machines(program, tmp_path: Path, shared_disk: bool, timeout: float = 300,
+                        **env: str) -> list[tuple[int, str]]:
+    """Two machines of one process each on this one, each with a disk of its own or both on one: their exit codes
+    and error output."""
+    port, launches = free_port(), []
+    for machine in (0, 1):
+        disk = tmp_path / ("shared" if shared_disk else f"machine{machine}")
+        command = accelerate_launch(*program(disk), processes=2, machines=2, machine_rank=machine, port=port)
+        environment = {**launch_env(HF_DATASETS_CACHE=str(disk / "cache")), "ENCODED_LOG": str(tmp_path / "encoded.tsv"),
+                       **env}
+        launches.append(subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         text=True))
+    results = []
+    for launch in launches:
+        stderr = launch.communicate(timeout=timeout)[1]
+        results.append((launch.returncode, stderr))
+    return results
+
+
+@pytest.mark.parametrize("shared_disk", [True, False])
+def test_each_machine_encodes_its_half_and_the_batches_are_one_process_s(small_corpus, hooked_cli, one_process,
+                                                                         tmp_path, shared_disk):
+    single_run, single_encoded = one_process
+    program = lambda disk: [str(hooked_cli), *train_args(small_corpus, disk / "run", *SETTINGS)]  # noqa: E731
+    for code, stderr in launch_two_machines(program, tmp_path, shared_disk):
+        assert code == 0, stderr[-3000:]
+
+    de = (small_corpus / "train.de").read_text(encoding="utf-8").splitlines()
+    en = (small_corpus / "train.en").read_text(encoding="utf-8").splitlines()
+    validation = [line for lang in ("de", "en") for line in (small_corpus / f"val.{lang}").read_text().splitlines()]
+    train_batches = [(rank, count, first) for rank, count, first in encoded(tmp_path / "encoded.tsv")
+                     if first not in validation]
+    # Each machine's process encoded its contiguous half of the 500 pairs, both sides, and nothing else of them.
+    assert sorted(train_batches) == sorted([(0, 250, de[0]), (0, 250, en[0]), (1, 250, de[250]), (1, 250, en[250])])
+    assert sorted(count for _, count, first in single_encoded if first not in validation) == [500, 500]
+    runs = [tmp_path / ("shared" if shared_disk else f"machine{m}") / "run" for m in (0, 1)]
+    for rank, run in enumerate(runs):
+        shards = data_phases(run, rank)["tokenize train"]["shards"]
+        assert shards["encoded"] == [rank] and shards["machines"] == 2
+        if shared_disk:  # each half written once, by its machine, and read by the other
+            assert (shards["read"], shards["received"], shards["sent"]) == ([1 - rank], [], []), shards
+        else:  # each half sent to the other machine's disk
+            assert (shards["read"], shards["received"], shards["sent"]) == ([], [1 - rank], [1 - rank]), shards
+    if shared_disk:
+        assert len(list((tmp_path / "shared/cache").rglob("cache-*.arrow"))) == len(
+            list((tmp_path / "shared/cache").rglob("vanilla-shard-*.json"))) + 1  # the two halves, the validation
+    # The processes of the launch take turns at the batches of one process's sampler: the same batches (as many as
+    # were trained on, 2 updates of 2 micro-batches, and those the data loaders fetched ahead).
+    single = logged_batches(single_run, 0)
+    launched = [logged_batches(runs[rank], rank) for rank in (0, 1)]
+    interleaved = [batch for pair in zip(*launched) for batch in pair]
+    common = min(len(interleaved), len(single))
+    assert common >= 4 and interleaved[:common] == single[:common]
+
+
+def test_a_machine_whose_partner_fails_preparing_stops_at_once_with_its_error(small_corpus, hooked_cli, tmp_path):
+    prepare = ["prepare", *train_args(small_corpus, tmp_path / "unused", "training.ddp_timeout=600")[1:]]
+    prepare = prepare[: prepare.index("--output-dir")] + prepare[prepare.index("--output-dir") + 2:]
+    started = time.monotonic()
+    results = launch_two_machines(lambda disk: [str(hooked_cli), *prepare], tmp_path, shared_disk=False,
+                                  timeout=120, FAIL_ON_RANK="0")
+    assert all(code != 0 for code, _ in results)
+    assert "the tokenizer failed on purpose" in results[0][1]
+    assert ("process 0 failed in 'tokenize train': RuntimeError: the tokenizer failed on purpose (process 1 waited "
+            "for it to encode shard 0 of the train set)") in results[1][1], results[1][1][-3000:]
+    assert time.monotonic() - started < 90  # not training.ddp_timeout's 600 s
+
+
+def test_a_machine_whose_partner_is_killed_while_preparing_stops_within_a_minute(small_corpus, hooked_cli, tmp_path):
+    prepare = ["prepare", *train_args(small_corpus, tmp_path / "unused", "training.ddp_timeout=600")[1:]]
+    prepare = prepare[: prepare.index("--output-dir")] + prepare[prepare.index("--output-dir") + 2:]
+    started = time.monotonic()
+    results = launch_two_machines(lambda disk: [str(hooked_cli), *prepare], tmp_path, shared_disk=False,
+                                  timeout=150, KILL_ON_RANK="0")
+    assert all(code != 0 for code, _ in results)
+    waiting = results[1][1]
+    assert ("process 0 stopped answering" in waiting or "lost the launch's store while waiting for process 0" in
+            waiting), waiting[-3000:]
+    assert time.monotonic() - started < 120
