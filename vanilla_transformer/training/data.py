@@ -193,12 +193,22 @@ def check_table(dataset: datasets.Dataset, path: Path, langs: tuple[str, str],
 
 def token_lengths(dataset: datasets.Dataset, column: str) -> np.ndarray:
     """The length of every row's token list, read from Arrow (no Python list per row), selections applied."""
+    return arrow_token_lengths(dataset, column).to_numpy()
+
+
+def arrow_token_lengths(dataset: datasets.Dataset, column: str) -> pa.ChunkedArray:
+    """token_lengths() as Arrow: in Arrow's memory, which a chunked pass reads a slice at a time."""
     # From the whole table, then through the selection's row indices: reading the column of a selected dataset
     # would first copy every selected row's token ids (seconds per call on millions of pairs).
     lengths = pc.list_value_length(dataset.data.column(column))
     if dataset._indices is not None:  # select(), shuffle() and filter() keep the table and map rows through these
         lengths = lengths.take(dataset._indices.column(0))
-    return lengths.to_numpy(zero_copy_only=False)
+    return lengths
+
+
+# Rows of the length arrays that cleaning holds as numpy at a time: its temporaries (about 20 bytes a row) stay a few
+# tens of MB whatever the corpus' size.
+CLEAN_CHUNK_ROWS = 1 << 20
 
 
 def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: float | None = None,
@@ -211,38 +221,50 @@ def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: f
     the step that draws it, again at the same step on every resume.
     """
     limits = [limit for limit in (max_length, max_positions) if limit is not None]
-    src, tgt = token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels")
-    longest, shortest = np.maximum(src, tgt), np.minimum(src, tgt)
-    too_long = longest > min(limits) if limits else np.zeros(len(src), dtype=bool)
-    bad_ratio = ~too_long & (longest > max_ratio * shortest) if max_ratio is not None else np.zeros_like(too_long)
-    keep = np.flatnonzero(~too_long & ~bad_ratio)
-    counts = {"kept": len(keep), "too_long": int(too_long.sum()), "bad_ratio": int(bad_ratio.sum())}
+    src_lengths, tgt_lengths = arrow_token_lengths(dataset, "input_ids"), arrow_token_lengths(dataset, "labels")
+    kept, counts = [], {"kept": 0, "too_long": 0, "bad_ratio": 0}
+    for start in range(0, len(src_lengths), CLEAN_CHUNK_ROWS):  # a pass over slices: no temporaries per corpus row
+        src = src_lengths.slice(start, CLEAN_CHUNK_ROWS).to_numpy()
+        tgt = tgt_lengths.slice(start, CLEAN_CHUNK_ROWS).to_numpy()
+        longest, shortest = np.maximum(src, tgt), np.minimum(src, tgt)
+        too_long = longest > min(limits) if limits else np.zeros(len(src), dtype=bool)
+        bad_ratio = ~too_long & (longest > max_ratio * shortest) if max_ratio is not None else np.zeros_like(too_long)
+        rows = np.flatnonzero(~too_long & ~bad_ratio).astype(np.uint64) + np.uint64(start)
+        kept.append(pa.array(rows))
+        counts["kept"] += len(rows)
+        counts["too_long"] += int(too_long.sum())
+        counts["bad_ratio"] += int(bad_ratio.sum())
     logger.info("cleaning: kept %d pairs, dropped %d longer than %s tokens and %d by length ratio", counts["kept"],
                 counts["too_long"], min(limits) if limits else "any", counts["bad_ratio"])
-    return select_rows(dataset, keep), counts
+    return select_rows(dataset, pa.chunked_array(kept, pa.uint64())), counts
 
 
-def select_rows(dataset: datasets.Dataset, rows: np.ndarray) -> datasets.Dataset:
-    """dataset.select(rows) for a numpy array of row numbers, through an Arrow indices table made from the array:
-    Dataset.select makes a Python list of them first (about 36 bytes a row, 1.6 GB at 45M pairs) and walks it in
-    Python. The selection's fingerprint follows from the dataset's and the rows, as select's would."""
-    if len(rows) == len(dataset):  # rows are sorted and distinct, so all of them: nothing dropped
+def select_rows(dataset: datasets.Dataset, rows: pa.ChunkedArray) -> datasets.Dataset:
+    """dataset.select(rows) for an Arrow array of row numbers (uint64, sorted, distinct), through an indices table
+    made from it: Dataset.select makes a Python list of them first (about 36 bytes a row, 1.6 GB at 45M pairs) and
+    walks it in Python. The selection's fingerprint follows from the dataset's and the rows, as select's would."""
+    if len(rows) == len(dataset):  # sorted and distinct, so all of them: nothing dropped
         return dataset
-    indices = pa.array(rows.astype(np.uint64, copy=False))
+    digest = xxhash.xxh3_128()  # of the rows as int64, a chunk at a time
+    for chunk in rows.chunks:
+        digest.update(chunk.to_numpy().astype(np.int64))
     if dataset._indices is not None:  # a selection of a selection: rows of the view, mapped to the table's
-        indices = dataset._indices.column(0).take(indices)
-    fingerprint = xxhash.xxh3_128_hexdigest(np.ascontiguousarray(rows, dtype=np.int64)) + dataset._fingerprint
+        rows = dataset._indices.column(0).take(rows)
+    fingerprint = digest.hexdigest() + dataset._fingerprint
     return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
-                            indices_table=pa.table({"indices": indices}),
+                            indices_table=pa.table({"indices": rows}),
                             fingerprint=xxhash.xxh3_128_hexdigest(fingerprint.encode()))
 
 
-TOKENIZED_FORMAT = "input_ids+labels:int32:v1"  # in every tokenised cache's key: change it when the output changes
+# In every tokenised cache's key: change it when the output changes. v2: uint16 ids where the vocabulary fits.
+TOKENIZED_FORMAT = "input_ids+labels:uint16-or-int32:v2"
+ENCODE_BATCH_PAIRS = 50_000  # pairs a batch of the encoding holds as Python objects, at a time per process
 
 
 def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
              max_length: int | None = None) -> datasets.Dataset:
-    """input_ids and labels (int32 token ids) for every pair, through Dataset.map, cached by the datasets library.
+    """input_ids and labels (token ids, uint16 when the vocabulary fits in them, else int32) for every pair,
+    through Dataset.map, cached by the datasets library.
 
     The tokenizer's Rust backend encodes each batch of 50,000 sentences on all cores (`encode_batch_fast`), with the
     same ids as calling the tokenizer, and the batches go in and out as Arrow (no Python dict per pair); the collator
@@ -262,7 +284,11 @@ def tokenized_fingerprint(pairs_fingerprint: str, backend: str, langs: tuple[str
 
 def encode_pairs(dataset: datasets.Dataset, backend: str, langs: tuple[str, str], num_proc: int | None,
                  max_length: int | None, fingerprint: str) -> datasets.Dataset:
-    """tokenize() with the tokenizer's backend as JSON and the cache key given (as a child process gets them)."""
+    """tokenize() with the tokenizer's backend as JSON and the cache key given (as a child process gets them).
+
+    The ids are stored in the smallest type that holds the vocabulary (half the disk and page cache of int32 for
+    vocabularies up to 65,536); rows still come out as Python ints.
+    """
     src, tgt = langs
     encoder = Tokenizer.from_str(backend)
     encoder.no_padding()
@@ -270,22 +296,30 @@ def encode_pairs(dataset: datasets.Dataset, backend: str, langs: tuple[str, str]
         encoder.enable_truncation(max_length)
     else:
         encoder.no_truncation()
+    id_type = smallest_id_type(backend)
 
     def encode(batch: pa.Table) -> pa.Table:
         pairs = batch.column("translation")
         return pa.table({
             column: pa.array([e.ids for e in encoder.encode_batch_fast(pc.struct_field(pairs, lang).to_pylist())],
-                             type=pa.list_(pa.int32()))
+                             type=pa.list_(pa.type_for_alias(id_type)))
             for column, lang in (("input_ids", src), ("labels", tgt))
         })
 
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "labels": datasets.Sequence(datasets.Value("int32"))})
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value(id_type)),
+                                  "labels": datasets.Sequence(datasets.Value(id_type))})
     with cycle_collector_paused():
         tokenized = dataset.with_format("arrow").map(
-            encode, batched=True, batch_size=50_000, num_proc=num_proc, features=features,
+            encode, batched=True, batch_size=ENCODE_BATCH_PAIRS, num_proc=num_proc, features=features,
             remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=f"tokenizing {src}->{tgt}")
     return tokenized.with_format(None)  # rows as Python objects again, as the collator takes them
+
+
+def smallest_id_type(backend: str) -> str:
+    """"uint16" when every id of the tokenizer (its backend as JSON) fits in one, else "int32"."""
+    spec = json.loads(backend)
+    ends = [len(spec["model"]["vocab"])] + [token["id"] + 1 for token in spec.get("added_tokens") or ()]
+    return "uint16" if max(ends) <= 1 << 16 else "int32"
 
 
 @contextmanager
