@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -204,9 +205,10 @@ def load_or_train_tokenizer(recipe: Recipe, train_pairs: datasets.Dataset, saved
         logger.info("tokenizer: reusing %s", cache)
         tokenizer, reused = AutoTokenizer.from_pretrained(cache), True
     else:
-        texts = training_text(train_pairs, (recipe.data.src, recipe.data.tgt), recipe.tokenizer.sample,
-                              recipe.training.seed)
-        tokenizer = train_tokenizer(texts=texts, vocab_size=recipe.tokenizer.vocab_size, model=recipe.tokenizer.model)
+        t = recipe.tokenizer
+        texts = training_text(train_pairs, (recipe.data.src, recipe.data.tgt), t.sample, recipe.training.seed)
+        pairs = min(t.sample or len(train_pairs), len(train_pairs))
+        tokenizer = train_tokenizer(texts=texts, vocab_size=t.vocab_size, model=t.model, length=2 * pairs)
         partial = cache.with_name(f"{cache.name}.partial-{process_state().process_index}")
         tokenizer.save_pretrained(partial)  # then renamed: a later run finds it whole or not at all
         if cache.exists():
@@ -221,21 +223,36 @@ def tokenizer_cache(recipe: Recipe, train_pairs: datasets.Dataset) -> Path:
     """Where the tokenizer learned from this text with these settings is kept, beside the datasets cache."""
     t = recipe.tokenizer
     key = json.dumps([train_pairs._fingerprint, recipe.data.src, recipe.data.tgt, t.vocab_size, t.model, t.sample,
-                      recipe.training.seed if t.sample else None])
+                      recipe.training.seed if t.sample else None, "sample drawn chunk by chunk" if t.sample else None])
     root = Path(datasets.config.HF_DATASETS_CACHE) / "vanilla_transformer" / "tokenizers"
     root.mkdir(parents=True, exist_ok=True)
     return root / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def training_text(pairs: datasets.Dataset, langs: tuple[str, str], sample: int | None, seed: int) -> list[str]:
-    """Both sides of the pairs the tokenizer learns from: all of them, or a random sample of `sample` pairs."""
+# Pairs read from Arrow into Python strings at a time while the tokenizer learns (a few MB of text).
+TRAINING_TEXT_CHUNK_PAIRS = 1 << 14
+
+
+def training_text(pairs: datasets.Dataset, langs: tuple[str, str], sample: int | None, seed: int) -> Iterator[str]:
+    """Both sides of the pairs the tokenizer learns from (source, target, source, ...: the order of the files), read
+    a chunk at a time: all of them, or `sample` pairs drawn uniformly at random without replacement.
+
+    The sample is drawn chunk by chunk (how many of it fall in each chunk from the hypergeometric distribution, then
+    which), so neither the indices nor the texts of the corpus are ever held whole.
+    """
+    table, rng, left = pairs.with_format("arrow"), np.random.default_rng(seed), None
     if sample and sample < len(pairs):
-        chosen = np.sort(np.random.default_rng(seed).choice(len(pairs), sample, replace=False))
-        pairs = pairs.select(chosen)
+        left = sample
         logger.info("tokenizer: learning from %d of the pairs (tokenizer.sample)", sample)
-    column = pairs.with_format("arrow")["translation"]
-    sides = [pc.struct_field(column, lang).to_pylist() for lang in langs]
-    return [text for pair in zip(*sides) for text in pair]  # source, target, source, ...: the order of the files
+    for start in range(0, len(pairs), TRAINING_TEXT_CHUNK_PAIRS):
+        chunk = table[start:start + TRAINING_TEXT_CHUNK_PAIRS]["translation"]
+        if left is not None:
+            after = len(pairs) - start - len(chunk)
+            drawn = int(rng.hypergeometric(len(chunk), after, left)) if after else left
+            chunk = chunk.take(np.sort(rng.choice(len(chunk), drawn, replace=False)))
+            left -= drawn
+        sides = [pc.struct_field(chunk, lang).to_pylist() for lang in langs]
+        yield from (text for pair in zip(*sides) for text in pair)
 
 
 def arrow_files() -> set[Path]:

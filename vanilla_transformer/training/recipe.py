@@ -82,7 +82,10 @@ class TokenizerRecipe:
     path: str | None = None  # an existing tokenizer; otherwise one is trained on the training split
     vocab_size: int = 10000
     model: str = "bpe"
-    sample: int | None = None  # learn the subwords from this many random training pairs (all when null)
+    # Learn the subwords from this many random training pairs (all when null, or when the corpus has fewer): a few
+    # million lines give the vocabulary of the whole (SentencePiece and Marian learn from such a sample), and the
+    # learning's time and memory stay those of the sample at any corpus size.
+    sample: int | None = 2_000_000
 
 
 @dataclass

@@ -2,13 +2,14 @@
 BPE or unigram, as the VanillaTransformerTokenizer that a model ships."""
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sized
+from itertools import chain
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ..corpus import read_lines
+from ..corpus import iter_lines
 from ..tokenization import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, VanillaTransformerTokenizer
 
 BYTE_ALPHABET = pre_tokenizers.ByteLevel.alphabet()
@@ -28,29 +29,32 @@ def train_tokenizer(
     min_frequency: int = 2,
     show_progress: bool = True,
     max_line_chars: int = MAX_LINE_CHARS,
+    length: int | None = None,
 ) -> VanillaTransformerTokenizer:
-    """Learn one subword vocabulary over all the given files and/or texts (both languages together).
+    """Learn one subword vocabulary over all the given files and/or texts (both languages together), read as they
+    are learned from (an iterator of texts is never held as a list).
 
     model is "bpe" (the paper's byte-pair encoding) or "unigram". Files are read as UTF-8, one sentence per line;
     a file that is empty or not UTF-8 raises an error naming the file and line. Lines longer than max_line_chars
-    are left out of the learning (and counted in the log); the tokenizer still encodes them.
+    are left out of the learning (and counted in the log); the tokenizer still encodes them. length: how many lines
+    there are, for the progress bar (a list's length is used when not given).
     """
-    corpus = [line for source in sources or () for line in read_lines(source)]
-    corpus += list(texts or ())
-    if not corpus:
-        raise ValueError("no training text: pass files in sources or strings in texts")
-    kept = [line for line in corpus if len(line) <= max_line_chars]
-    if len(kept) < len(corpus):
-        logger.info("tokenizer: %d line(s) longer than %d characters (the longest: %d) left out of its training",
-                    len(corpus) - len(kept), max_line_chars, max(map(len, corpus)))
-    if not kept:
-        raise ValueError(f"no training text: all {len(corpus)} lines are longer than max_line_chars={max_line_chars}")
-    corpus = kept
+    if length is None and isinstance(texts, Sized) and not sources:
+        length = len(texts)
     smallest = len(BYTE_ALPHABET) + len(SPECIAL_TOKENS)
     if vocab_size < smallest:
         raise ValueError(
             f"vocab_size={vocab_size} is smaller than the byte alphabet plus special tokens ({smallest})"
         )
+    lines = chain(chain.from_iterable(iter_lines(source) for source in sources or ()), texts or ())
+    seen = LineCount()
+    corpus = seen.learnable(lines, max_line_chars)  # streamed: no list of the text, whatever its size
+    first = next(corpus, None)
+    if first is None:
+        if not seen.lines:
+            raise ValueError("no training text: pass files in sources or strings in texts")
+        raise ValueError(f"no training text: all {seen.lines} lines are longer than max_line_chars={max_line_chars}")
+    corpus = chain([first], corpus)
 
     if model == "bpe":
         backend = Tokenizer(models.BPE(unk_token=UNK))
@@ -68,7 +72,10 @@ def train_tokenizer(
         raise ValueError(f"model must be 'bpe' or 'unigram', got {model!r}")
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(corpus, trainer, length=len(corpus))
+    backend.train_from_iterator(corpus, trainer, length=length)
+    if seen.too_long:
+        logger.info("tokenizer: %d line(s) longer than %d characters (the longest: %d) left out of its training",
+                    seen.too_long, max_line_chars, seen.longest)
     eos_id = backend.token_to_id(EOS)
     backend.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
@@ -81,6 +88,23 @@ def train_tokenizer(
         # added by id only, so decode(encode(text)) == text for every text.
         split_special_tokens=True,
     )
+
+
+class LineCount:
+    """The lines a tokenizer's training was given, and those left out for their length."""
+
+    def __init__(self):
+        self.lines = self.too_long = self.longest = 0
+
+    def learnable(self, lines: Iterable[str], max_line_chars: int) -> Iterator[str]:
+        """The lines no longer than max_line_chars, counting all of them and the others as they pass."""
+        for line in lines:
+            self.lines += 1
+            if len(line) > max_line_chars:
+                self.too_long += 1
+                self.longest = max(self.longest, len(line))
+                continue
+            yield line
 
 
 def subwords_per_word(tokenizer: PreTrainedTokenizerFast, lines: list[str]) -> float:
