@@ -95,8 +95,8 @@ def launch_two_machines(program, tmp_path: Path, shared_disk: bool, timeout: flo
     for machine in (0, 1):
         disk = tmp_path / ("shared" if shared_disk else f"machine{machine}")
         command = accelerate_launch(*program(disk), processes=2, machines=2, machine_rank=machine, port=port)
-        environment = {**launch_env(HF_DATASETS_CACHE=str(disk / "cache")), "ENCODED_LOG": str(tmp_path / "encoded.tsv"),
-                       **env}
+        environment = {**launch_env(HF_DATASETS_CACHE=str(disk / "cache")),
+                       "ENCODED_LOG": str(tmp_path / "encoded.tsv"), **env}
         launches.append(subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                          text=True))
     results = []
@@ -166,3 +166,69 @@ def test_a_machine_whose_partner_is_killed_while_preparing_stops_within_a_minute
     assert ("process 0 stopped answering" in waiting or "lost the launch's store while waiting for process 0" in
             waiting), waiting[-3000:]
     assert time.monotonic() - started < 120
+
+
+def test_a_wait_returns_the_value_waits_while_the_heartbeat_moves_and_fails_on_an_error_or_silence():
+    import threading
+
+    import torch.distributed as dist
+
+    from vanilla_transformer.training.coordination import PeerFailed, wait_on
+
+    store = dist.HashStore()
+
+    def wait(silence: float = 1.0):
+        return wait_on(store, "done", 0, "read the text", 1, silence, "failed", "heartbeat")
+
+    def working(seconds: float):  # beats every 0.2 s, then says it is done
+        for _ in range(int(seconds / 0.2)):
+            store.add("heartbeat", 1)
+            time.sleep(0.2)
+        store.set("done", json.dumps({"rows": 500}))
+
+    worker = threading.Thread(target=working, args=(2.5,))
+    worker.start()
+    started = time.monotonic()
+    assert wait(silence=1.0) == {"rows": 500} and time.monotonic() - started > 2  # past the silence allowed
+    worker.join()
+
+    store.delete_key("done")
+    started = time.monotonic()
+    with pytest.raises(PeerFailed, match=r"process 0 stopped answering while process 1 waited for it to read the "
+                                         r"text: no heartbeat for 1 s"):
+        wait(silence=0.5)
+    assert time.monotonic() - started < 2
+
+    store.set("failed", json.dumps("in 'read text': CorpusError: train.de:3: empty line"))
+    with pytest.raises(PeerFailed, match=r"process 0 failed in 'read text': CorpusError: train.de:3: empty line "
+                                         r"\(process 1 waited for it to read the text\)"):
+        wait(silence=60)
+
+
+def test_shards_joined_in_order_are_the_whole_set_tokenised_and_out_of_order_change_the_batches(data_dir, tmp_path):
+    from test_data_path import multi30k_pairs
+
+    from vanilla_transformer.training.batching import TokenBatchSampler
+    from vanilla_transformer.training.data import token_lengths
+    from vanilla_transformer.training.shards import joined
+    from vanilla_transformer.training.tokenize_child import tokenize_train
+
+    raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 301)  # an odd count: halves of 151, 150
+    whole, _ = tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=10**9)
+    shards = [tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=10**9, fingerprint=whole._fingerprint,
+                             shard=(index, 2))[0] for index in (0, 1)]
+    assert [len(shard) for shard in shards] == [151, 150]
+    files = [[f["filename"] for f in shard.cache_files] for shard in shards]
+    assert files[0] != files[1] and whole.cache_files[0]["filename"] not in files[0] + files[1]
+    in_order = joined(files[0] + files[1], whole._fingerprint, len(raw))
+    assert in_order._fingerprint == whole._fingerprint
+    assert in_order["input_ids"] == whole["input_ids"] == tokenizer(de)["input_ids"]
+    assert in_order["labels"] == tokenizer(en)["input_ids"]
+
+    def batches(dataset):
+        sampler = TokenBatchSampler(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"),
+                                    max_tokens=300, seed=1)
+        return [list(map(int, batch)) for batch in sampler]
+
+    swapped = joined(files[1] + files[0], whole._fingerprint, len(raw))
+    assert batches(in_order) == batches(whole) and batches(swapped) != batches(whole)

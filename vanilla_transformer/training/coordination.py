@@ -114,36 +114,8 @@ class Launch:
         return self.wait_key(f"done/{step}/{rank}", rank, doing)
 
     def wait_key(self, name: str, rank: int, doing: str):
-        key, failed, heartbeat = self.key(name), self.key(f"failed/{rank}"), self.key(f"heartbeat/{rank}")
-        started = last_change = last_report = time.monotonic()
-        last_beat = None
-        while True:
-            try:
-                if self.store.check([key]):
-                    return json.loads(self.store.get(key))
-                if self.store.check([failed]):
-                    message = json.loads(self.store.get(failed))
-                    raise PeerFailed(f"process {rank} failed {message} (process {self.rank} waited for it to "
-                                     f"{doing}); see process {rank}'s log above or on its machine")
-                beat = self.store.add(heartbeat, 0)
-            except RuntimeError as error:  # the store's connection: its host, machine 0's launcher, has ended
-                raise PeerFailed(
-                    f"process {self.rank} lost the launch's store while waiting for process {rank} to {doing} "
-                    f"({error}): the launcher on machine 0 has ended, most likely because a process failed; see "
-                    "the log of every machine") from None
-            now = time.monotonic()
-            if beat != last_beat:
-                last_beat, last_change = beat, now
-            elif now - last_change > self.silence:
-                raise PeerFailed(
-                    f"process {rank} stopped answering while process {self.rank} waited for it to {doing}: no "
-                    f"heartbeat for {now - last_change:.0f} s (it was killed, or its machine went away); see the "
-                    "launcher's log on its machine")
-            if now - last_report > 60:
-                logger.info("process %d: waiting for process %d to %s (%.0f min so far; it is working)", self.rank,
-                            rank, doing, (now - started) / 60)
-                last_report = now
-            time.sleep(POLL_SECONDS)
+        return wait_on(self.store, self.key(name), rank, doing, self.rank, self.silence, self.key(f"failed/{rank}"),
+                       self.key(f"heartbeat/{rank}"))
 
     def finish(self) -> None:
         """This process has prepared its data; wait until every machine's main process has (their work is the long
@@ -171,8 +143,8 @@ class Launch:
                     while size := file.readinto(view):
                         dist.send(buffer[:size], dst=rank, group=self.file_group)
         except RuntimeError as error:
-            raise PeerFailed(f"process {self.rank} could not send {path} to process {rank} ({error}); see the log "
-                             f"of process {rank}") from None
+            raise PeerFailed(f"process {self.rank} could not send {path} to process {rank} ({first_line(error)}); see "
+                             f"the log of process {rank}") from None
 
     def receive_files(self, files: list[tuple[str, int]], rank: int, folder: Path) -> list[str]:
         """Files (name, bytes) from process `rank` into `folder`, each written whole under its name or not at all."""
@@ -189,11 +161,53 @@ class Launch:
                         file.write(view[:chunk])
             except RuntimeError as error:
                 partial.unlink(missing_ok=True)
-                raise PeerFailed(f"process {self.rank} could not receive {name} from process {rank} ({error}); see "
-                                 f"the log of process {rank}") from None
+                raise PeerFailed(f"process {self.rank} could not receive {name} from process {rank} "
+                                 f"({first_line(error)}); see the log of process {rank}") from None
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
             partial.replace(folder / name)
             written.append(str(folder / name))
         return written
+
+
+def wait_on(store, key: str, rank: int, doing: str, waiter: int, silence: float, failed: str, heartbeat: str):
+    """The value at `key` in the store once process `rank` has set it; PeerFailed at once when that process has set
+    `failed` (its error), or when its `heartbeat` counter has not moved for `silence` seconds, or the store is gone.
+
+    doing: what the process waited for does ("read the text"), and waiter: the waiting process, for the messages.
+    """
+    started = last_change = last_report = time.monotonic()
+    last_beat = None
+    while True:
+        try:
+            if store.check([key]):
+                return json.loads(store.get(key))
+            if store.check([failed]):
+                message = json.loads(store.get(failed))
+                raise PeerFailed(f"process {rank} failed {message} (process {waiter} waited for it to {doing}); see "
+                                 f"process {rank}'s log above or on its machine")
+            beat = store.add(heartbeat, 0)
+        except RuntimeError as error:  # the store's connection: its host, machine 0's launcher, has ended
+            raise PeerFailed(
+                f"process {waiter} lost the launch's store while waiting for process {rank} to {doing} "
+                f"({first_line(error)}): the launcher on machine 0 has ended, most likely because a process "
+                "failed; see the log of every machine") from None
+        now = time.monotonic()
+        if beat != last_beat:
+            last_beat, last_change = beat, now
+        elif now - last_change > silence:
+            raise PeerFailed(
+                f"process {rank} stopped answering while process {waiter} waited for it to {doing}: no heartbeat for "
+                f"{now - last_change:.0f} s (it was killed, or its machine went away); see the launcher's log on its "
+                "machine")
+        if now - last_report > 60:
+            logger.info("process %d: waiting for process %d to %s (%.0f min so far; it is working)", waiter, rank,
+                        doing, (now - started) / 60)
+            last_report = now
+        time.sleep(POLL_SECONDS)
+
+
+def first_line(error: Exception) -> str:
+    """The error's message without the C++ stack trace that torch's distributed errors append."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
