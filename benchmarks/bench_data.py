@@ -3,11 +3,14 @@
 Builds a corpus of `--pairs` lines (default 4.5 million, WMT14 en-de's size) by repeating the real en-de pairs in
 the shared data (Multi30k train and the WMT news sets other than newstest2013/2014), with newstest2013 as validation
 and newstest2014 as test, then runs `vanilla-transformer train` on it twice with one update each: first with an
-empty datasets cache, then in a new run folder (everything cached). Each run's stderr is timestamped as it arrives:
-the first update starts when the Trainer's batch line is logged. Prints one JSON object: per run the wall-clock
-seconds to the first update, the update's seconds, the data path's phases (data-rank0.json: seconds, rows, MB,
-cached, the process's peak RSS at the end of each; for the train set's tokenising in a child process, the child's
-peak and this process's RSS meanwhile) and the whole run's peak RSS (its largest process).
+empty datasets cache, then in a new run folder (everything cached), then `--resume` of the first run for one more
+update. Each run's stderr is timestamped as it arrives: the first update starts when the Trainer's batch line is
+logged. Prints one JSON object: per run the wall-clock seconds to the first update, the update's seconds, the data
+path's phases (data-rank0.json: seconds, rows, MB, cached, the process's peak RSS at the end of each; for the train
+set's tokenising in a child process, the child's peak and this process's RSS meanwhile), the whole run's peak RSS (its
+largest process), and, sampled every 0.5 s until the first update, the RSS, PSS and anonymous memory summed over the
+run's processes and the peaks of each process (by pid, with its role): anonymous memory is the process's own, not the
+page cache of files it maps, which PSS shares out among the processes that map them.
 Usage: python benchmarks/bench_data.py [--pairs 4500000] [--data ../shared/data] [--work /tmp/bench-data]
 """
 
@@ -45,17 +48,18 @@ def build_corpus(data: Path, folder: Path, pairs: int) -> dict:
             "megabytes": round(sum(f.stat().st_size for f in folder.glob("train.*")) / 2**20, 1)}
 
 
-def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
-    """One `train` with one update; the seconds to its first update and from it to the exit, from timestamped stderr."""
+def run_train(corpus: Path, out: Path, cache: Path, recipe: str, resume: bool = False) -> dict:
+    """One `train` with one update (a resume: one more); the seconds to its first update and from it to the exit, from
+    timestamped stderr."""
     # One update; the Trainer then validates (here on 8 sentences, greedy, to keep it short) and saves.
-    overrides = [f"data.source={corpus}", "training.max_steps=1", "data.test=null", "average_last=0",
-                 "data.validation_size=8", "generation.num_beams=1", "generation.max_length_offset=0"]
+    overrides = [f"data.source={corpus}", f"training.max_steps={2 if resume else 1}", "data.test=null",
+                 "average_last=0", "data.validation_size=8", "generation.num_beams=1", "generation.max_length_offset=0"]
     # Through a parent of its own, which reports the run's peak RSS (the children's, when they have all ended).
     report_rss = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
                   "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
                   "sys.exit(code)")
     command = [sys.executable, "-c", report_rss, sys.executable, "-m", "vanilla_transformer.cli", "train", recipe,
-               "--output-dir", str(out)]
+               "--output-dir", str(out), *(["--resume"] if resume else [])]
     for override in overrides:
         command += ["--set", override]
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache)}
@@ -77,10 +81,19 @@ def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
                 first_update = time.perf_counter() - started
 
     samples = []  # (seconds, the run's processes' summed RSS, PSS and anonymous memory, MB)
+    peaks = {}  # pid: the process's role and its largest RSS, PSS and anonymous memory until the first update, MB
 
     def sample_memory():
         while process.poll() is None:
-            samples.append((time.perf_counter() - started, *tree_memory_mb(process.pid)))
+            processes = tree_memory_mb(process.pid)
+            seconds = time.perf_counter() - started
+            kinds = ("rss", "pss", "anonymous")
+            samples.append((seconds, *(sum(figures[kind] for figures in processes.values()) for kind in kinds)))
+            if first_update is None or seconds <= first_update:
+                for pid, figures in processes.items():
+                    peak = peaks.setdefault(pid, {"role": figures["role"]})
+                    for kind in kinds:
+                        peak[f"{kind}_mb"] = max(peak.get(f"{kind}_mb", 0), figures[kind])
             time.sleep(0.5)
 
     reader, sampler = threading.Thread(target=read_stderr), threading.Thread(target=sample_memory)
@@ -105,11 +118,16 @@ def run_train(corpus: Path, out: Path, cache: Path, recipe: str) -> dict:
         # RSS summed counts the pages of an Arrow file that two processes map twice; PSS shares them out.
         "to_first_update_peak_tree_mb": {kind: max(sample[column] for sample in samples if sample[0] <= first_update)
                                          for column, kind in ((1, "rss"), (2, "pss"), (3, "anonymous"))},
+        # Each process's own peaks over the same samples (a process that lived less than 0.5 s may be missing).
+        "to_first_update_peak_per_process_mb": {str(pid): peak for pid, peak in sorted(peaks.items())},
+        "to_first_update_peak_anonymous_of_a_process_mb": max((peak["anonymous_mb"] for peak in peaks.values()),
+                                                              default=None),
     }
 
 
-def tree_memory_mb(root: int) -> tuple[int, int, int]:
-    """RSS, PSS and anonymous memory summed over a process and its descendants (Linux smaps_rollup), in MB."""
+def tree_memory_mb(root: int) -> dict[int, dict]:
+    """The RSS, PSS and anonymous memory (Linux smaps_rollup, MB) and the role of a process and of each of its
+    descendants, by pid."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -121,16 +139,35 @@ def tree_memory_mb(root: int) -> tuple[int, int, int]:
     while grew:
         grown = tree | {pid for pid, parent in parents.items() if parent in tree}
         grew, tree = grown != tree, grown
-    totals = {"Rss:": 0, "Pss:": 0, "Anonymous:": 0}
+    memory = {}
     for pid in tree:
         try:
+            kilobytes = {}
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 key, value = line.split()[:2]
-                if key in totals:
-                    totals[key] += int(value)
+                if key in ("Rss:", "Pss:", "Anonymous:"):
+                    kilobytes[key[:-1].lower()] = int(value)
+            role = process_role(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
         except (OSError, ValueError):
-            continue
-    return tuple(round(kb / 1024) for kb in totals.values())
+            continue  # ended meanwhile
+        if len(kilobytes) < 3:
+            continue  # a zombie: its memory is gone
+        memory[pid] = {"role": role, **{kind: round(kb / 1024) for kind, kb in kilobytes.items()}}
+    return memory
+
+
+def process_role(argv: list[bytes]) -> str:
+    """What a process of the run is, from its command line."""
+    line = b" ".join(argv).decode(errors="replace")
+    if "RUSAGE_CHILDREN" in line:  # its arguments are the train command's
+        return "peak-RSS reporter (the parent)"
+    if "tokenize_child" in line:
+        return "tokenize child"
+    if "vanilla_transformer.cli" in line:
+        return "train"
+    if "multiprocessing" in line:
+        return "worker (multiprocessing)"
+    return line[:80]
 
 
 def main() -> None:
@@ -146,8 +183,9 @@ def main() -> None:
     corpus = build_corpus(Path(args.data), work / "corpus", args.pairs)
     first = run_train(work / "corpus", work / "first", work / "cache", args.recipe)
     rerun = run_train(work / "corpus", work / "rerun", work / "cache", args.recipe)
+    resumed = run_train(work / "corpus", work / "first", work / "cache", args.recipe, resume=True)
     print(json.dumps({"machine": machine(), "recipe": args.recipe, "corpus": corpus, "first_run": first,
-                      "rerun": rerun}, indent=2))
+                      "rerun": rerun, "resume": resumed}, indent=2))
 
 
 if __name__ == "__main__":

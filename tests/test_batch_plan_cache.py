@@ -194,3 +194,15 @@ def test_a_resume_on_other_batches_is_refused_naming_what_they_are_made_of(small
     assert "records no fingerprint of the batches it was trained on" in caplog.text
     again = json.loads((run / "checkpoint-4/trainer_state.json").read_text())["stateful_callbacks"]
     assert again["TokenBatchesRecord"] == recorded["TokenBatchesRecord"]
+
+
+def test_batches_that_cannot_be_cached_are_used_from_memory(tmp_path, monkeypatch, caplog):
+    def full_disk(folder, batches):
+        raise OSError(28, "No space left on device", str(folder))
+
+    monkeypatch.setattr(batching, "write_batches", full_disk)
+    key, build, calls, fresh = synthetic()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        batches = batching.PackedBatchSampler(cached_batches(tmp_path / "key", key, build), key.seed)
+    assert calls == [1] and "token batches: not cached ([Errno 28] No space left on device" in caplog.text
+    assert epochs(batches) == epochs(fresh)

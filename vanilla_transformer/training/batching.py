@@ -179,28 +179,36 @@ def batches_cache(key: BatchesKey) -> Path:
 
 def cached_batches(folder: Path, key: BatchesKey, build) -> PackedBatches:
     """The batches in the folder, memory-mapped; else build() them and write the folder whole, once: the first
-    process to take the folder's lock builds, the others wait for it and then map what it wrote."""
+    process to take the folder's lock builds, the others wait for it and then map what it wrote. Where the cache
+    cannot be written (a read-only disk), the built batches are used from memory, with a warning."""
     started = time.perf_counter()
     batches, _ = read_batches(folder, key)
-    if batches is None:
+    if batches is not None:
+        logger.info("token batches: read from the cache %s in %.2f s (%s)", folder, time.perf_counter() - started, key)
+        return batches
+    built = None
+    try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with locked(folder.with_name(folder.name + ".lock")):
             batches, problem = read_batches(folder, key)  # written by another process meanwhile, or broken
-            if batches is None:
-                if problem:
-                    logger.warning("token batches: %s; building them again", problem)
-                    shutil.rmtree(folder, ignore_errors=True)
-                for leftover in folder.parent.glob(f"{folder.name}.partial-*"):  # of a process killed while writing
-                    shutil.rmtree(leftover, ignore_errors=True)
-                built = build()
-                write_batches(folder, built)
-                logger.info("token batches: built and cached in %s in %.1f s (%s)", folder,
-                            time.perf_counter() - started, key)
-                batches, problem = read_batches(folder, key)
-                if batches is None:
-                    raise OSError(f"{folder}: the token batches just written do not read back: {problem}")
+            if batches is not None:
+                logger.info("token batches: read from the cache %s in %.2f s, once another process had built them "
+                            "(%s)", folder, time.perf_counter() - started, key)
                 return batches
-    logger.info("token batches: read from the cache %s in %.2f s (%s)", folder, time.perf_counter() - started, key)
+            if problem:
+                logger.warning("token batches: %s; building them again", problem)
+                shutil.rmtree(folder, ignore_errors=True)
+            for leftover in folder.parent.glob(f"{folder.name}.partial-*"):  # of a process killed while writing
+                shutil.rmtree(leftover, ignore_errors=True)
+            built = build()
+            write_batches(folder, built)
+            batches, problem = read_batches(folder, key)
+            if batches is None:
+                raise OSError(f"{folder}: the token batches just written do not read back: {problem}")
+    except OSError as error:
+        logger.warning("token batches: not cached (%s); built in memory", error)
+        return built if built is not None else build()
+    logger.info("token batches: built and cached in %s in %.1f s (%s)", folder, time.perf_counter() - started, key)
     return batches
 
 
