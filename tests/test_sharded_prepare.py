@@ -54,6 +54,13 @@ SETTINGS = ("training.max_steps=2", "training.save_steps=2", "training.update_to
             "training.micro_batch_tokens=300", "training.log_batches=true", "data.test=null")
 
 
+def prepare_args(corpus: Path, *extra: str) -> list[str]:
+    """Arguments of `vanilla-transformer prepare` for the tiny recipe."""
+    arguments = train_args(corpus, Path("unused"), *extra)
+    at = arguments.index("--output-dir")
+    return ["prepare", *arguments[1:at], *arguments[at + 2:]]
+
+
 def encoded(log: Path) -> list[tuple[int, int, str]]:
     """(process, texts, first text) of every batch of texts encoded."""
     rows = [line.split("\t") for line in log.read_text(encoding="utf-8").splitlines()] if log.exists() else []
@@ -140,11 +147,21 @@ def test_each_machine_encodes_its_half_and_the_batches_are_one_process_s(small_c
     interleaved = [batch for pair in zip(*launched) for batch in pair]
     common = min(len(interleaved), len(single))
     assert common >= 4 and interleaved[:common] == single[:common]
+    if not shared_disk:  # a later launch finds every shard in each machine's cache: nothing encoded or sent again
+        (tmp_path / "encoded.tsv").unlink()
+        prepare = lambda disk: [str(hooked_cli), *prepare_args(small_corpus, *SETTINGS),  # noqa: E731
+                                "--json", str(disk / "phases.json")]
+        for code, stderr in launch_two_machines(prepare, tmp_path, shared_disk):
+            assert code == 0, stderr[-3000:]
+        assert [line for line in encoded(tmp_path / "encoded.tsv") if line[2] not in validation] == []
+        for machine in (0, 1):
+            phases = {p["name"]: p for p in json.loads((tmp_path / f"machine{machine}/phases.json").read_text())}
+            assert phases["tokenize train"]["shards"]["held"] == [machine, 1 - machine]
+            assert phases["tokenize train"]["cached"]
 
 
 def test_a_machine_whose_partner_fails_preparing_stops_at_once_with_its_error(small_corpus, hooked_cli, tmp_path):
-    prepare = ["prepare", *train_args(small_corpus, tmp_path / "unused", "training.ddp_timeout=600")[1:]]
-    prepare = prepare[: prepare.index("--output-dir")] + prepare[prepare.index("--output-dir") + 2:]
+    prepare = prepare_args(small_corpus, "training.ddp_timeout=600")
     started = time.monotonic()
     results = launch_two_machines(lambda disk: [str(hooked_cli), *prepare], tmp_path, shared_disk=False,
                                   timeout=120, FAIL_ON_RANK="0")
@@ -156,8 +173,7 @@ def test_a_machine_whose_partner_fails_preparing_stops_at_once_with_its_error(sm
 
 
 def test_a_machine_whose_partner_is_killed_while_preparing_stops_within_a_minute(small_corpus, hooked_cli, tmp_path):
-    prepare = ["prepare", *train_args(small_corpus, tmp_path / "unused", "training.ddp_timeout=600")[1:]]
-    prepare = prepare[: prepare.index("--output-dir")] + prepare[prepare.index("--output-dir") + 2:]
+    prepare = prepare_args(small_corpus, "training.ddp_timeout=600")
     started = time.monotonic()
     results = launch_two_machines(lambda disk: [str(hooked_cli), *prepare], tmp_path, shared_disk=False,
                                   timeout=150, KILL_ON_RANK="0")
@@ -232,3 +248,16 @@ def test_shards_joined_in_order_are_the_whole_set_tokenised_and_out_of_order_cha
 
     swapped = joined(files[1] + files[0], whole._fingerprint, len(raw))
     assert batches(in_order) == batches(whole) and batches(swapped) != batches(whole)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_a_child_process_encodes_a_shard_for_the_parent(data_dir, tmp_path, monkeypatch):
+    from test_data_path import ParentMustNotEncode, multi30k_pairs, preloadable_library
+
+    from vanilla_transformer.training import data, tokenize_child
+
+    raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 300)
+    monkeypatch.setenv(tokenize_child.MALLOC_VARIABLE, preloadable_library())
+    monkeypatch.setattr(data, "Tokenizer", ParentMustNotEncode)
+    tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0, shard=(1, 3))
+    assert child.loaded and tokenized["input_ids"] == tokenizer(de[100:200])["input_ids"]
