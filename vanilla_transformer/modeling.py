@@ -794,6 +794,8 @@ def guard_processors(config, generation_config, prompt_length: int, source_ids, 
     </s> comes last so nothing overrides it."""
     settings = guard_settings(generation_config)
     eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else config.eos_token_id
+    if eos is None:
+        return []  # nothing ends a sequence, so there is no </s> to force nor to spare
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos))
     if source_ids is not None and (source_ids.dim() != 2 or source_ids.is_floating_point() or (source_ids < 0).any()):
         source_ids = None  # inputs_embeds, or a placeholder: no source tokens to read

@@ -10,6 +10,7 @@ Needs the optional extra: `pip install vanilla-transformer[ctranslate2]`.
 import logging
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import ctranslate2
@@ -24,10 +25,10 @@ from ..scoring import Hypothesis, PairScore, encode_pairs, hypothesis
 
 logger = logging.getLogger(__name__)
 
-# The engine has no logits processors: its repetition guard is its own no_repeat_ngram_size, which forbids an n-gram's
-# second occurrence (ours: a bigram's third, modeling.RepeatedNgramGuard), and knows no source. At 4, 0.18% of the
-# 31,014 English and 0.09% of the German Multi30k references (train, val, test2016) repeat a 4-gram; at 3, 0.62%/0.46%.
-NO_REPEAT_NGRAM_SIZE = 4
+# The engine has no logits processors: its repetition guard re-decodes a sentence whose output breaks ours
+# (modeling.RepeatedNgramGuard) from the tokens before the break, with the n-grams that reached their limit
+# suppressed (suppress_sequences applies to a whole call, so one sentence per call); at most this many times.
+MAX_REPAIRS = 64
 
 ACTIVATIONS = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU,
                "swish": common_spec.Activation.SWISH, "silu": common_spec.Activation.SWISH}
@@ -112,6 +113,19 @@ def set_layer_norm(spec, norm) -> None:
     spec.beta = norm.bias
 
 
+def first_repetition(source: list[str], tokens: list[str], n: int, most: int) -> int | None:
+    """The first position where `tokens` put an n-gram in more than max(most, its count in `source`) times
+    (modeling.RepeatedNgramGuard's rule), or None."""
+    in_source = Counter(tuple(source[i: i + n]) for i in range(len(source) - n + 1))
+    seen = Counter()
+    for end in range(n - 1, len(tokens)):
+        gram = tuple(tokens[end - n + 1: end + 1])
+        seen[gram] += 1
+        if seen[gram] > max(most, in_source[gram]):
+            return end
+    return None
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (Linux); empty where they cannot be read."""
     try:
@@ -190,18 +204,41 @@ class Translator:
         ends its hypotheses at the bound and picks among them). Batches of batch_size lines, or of about max_tokens
         source tokens where it is given (the engine's own token batches)."""
         sources = self.source_tokens(lines, first_line)
-        results = self.search(sources, num_beams=num_beams, length_penalty=length_penalty,
-                              max_length_offset=max_length_offset, batch_size=batch_size,
-                              max_new_tokens=max_new_tokens, max_tokens=max_tokens, return_end_token=False, **options)
-        bounds = self.output_bounds(sources)
-        return [self.detokenize(result.hypotheses[0][: bound - 1] if bound else result.hypotheses[0])
-                if line.strip() else "" for line, result, bound in zip(lines, results, bounds)]
+        settings = dict(num_beams=num_beams, length_penalty=length_penalty, max_length_offset=max_length_offset,
+                        max_new_tokens=max_new_tokens, return_end_token=False, **options)
+        results = self.search(sources, batch_size=batch_size, max_tokens=max_tokens, **settings)
+        outputs = []
+        for line, source, result, bound in zip(lines, sources, results, self.output_bounds(sources)):
+            tokens = result.hypotheses[0][: bound - 1] if bound else result.hypotheses[0]
+            outputs.append(self.detokenize(self.without_repetition(source, tokens, bound, settings))
+                           if line.strip() else "")
+        return outputs
+
+    def without_repetition(self, source: list[str], tokens: list[str], bound: int | None, settings: dict) -> list[str]:
+        """`tokens`, or where they break the repetition guard, the sentence decoded again from the tokens before the
+        break with the n-grams that reached their limit suppressed, until nothing breaks it: for greedy search the
+        tokens of generate() with the guard; with a beam, beam search from that prefix."""
+        guards = self.guards()
+        n, most = guards["repetition_guard_ngram_size"], guards["repetition_guard_max_occurrences"]
+        if not n or most is None:
+            return tokens
+        suppressed = []
+        for _ in range(MAX_REPAIRS):
+            breaking = first_repetition(source, tokens, n, most)
+            if breaking is None:
+                break
+            suppressed.append(tokens[breaking - n + 1: breaking + 1])
+            (result,) = self.search([source], batch_size=1, target_prefix=[tokens[:breaking]],
+                                    suppress_sequences=suppressed, **settings)
+            tokens = result.hypotheses[0][: bound - 1] if bound else result.hypotheses[0]
+        return tokens
 
     def n_best(self, lines: list[str], k: int, num_beams: int = 4, length_penalty: float = 0.6,
                batch_size: int = 32, first_line: int = 1, **options) -> list[list[Hypothesis]]:
         """The k best translations of each line, best first, with the engine's scores (log_prob / tokens **
         length_penalty, the tokens counting </s> where a hypothesis ended); none for a blank line. The length
-        bound is the longest source's: a hypothesis is not cut, so that its score stays its own."""
+        bound is the longest source's and the repetition guard is not applied: a hypothesis is not changed, so that
+        its score stays the engine's."""
         if k > num_beams:
             raise ValueError(f"{k} hypotheses need a beam of at least {k}, not {num_beams}")
         results = self.search(self.source_tokens(lines, first_line), num_beams=num_beams,
@@ -228,16 +265,13 @@ class Translator:
     def search(self, sources: list[list[str]], num_beams: int, length_penalty: float, max_length_offset: int = 50,
                batch_size: int = 32, max_new_tokens: int | None = None, max_tokens: int | None = None, **options):
         """The engine's translation results of the source tokens, beam search or greedy (num_beams=1), batched as
-        translate says, with the guards the model's settings leave on: the longest source's length bound and
-        the engine's no_repeat_ngram_size (NO_REPEAT_NGRAM_SIZE)."""
+        translate says, within the longest source's length bound where the guards have it."""
         longest = max((len(s) for s in sources), default=0)
         # generate()'s max_length = source + offset, capped at the positions, counts the start token; this does not.
         limit = max_new_tokens or min(longest + max_length_offset, self.max_positions) - 1
         bounds = [bound for bound in self.output_bounds(sources) if bound is not None]
         if bounds:
             limit = min(limit, max(bounds))
-        if self.guards()["repetition_guard_ngram_size"]:
-            options.setdefault("no_repeat_ngram_size", NO_REPEAT_NGRAM_SIZE)
         return self.translator.translate_batch(
             sources, max_batch_size=max_tokens or batch_size, batch_type="tokens" if max_tokens else "examples",
             beam_size=num_beams, length_penalty=length_penalty, max_decoding_length=limit, **options)
