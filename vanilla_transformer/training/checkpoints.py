@@ -224,9 +224,10 @@ def batches_problem(checkpoint: Path, key) -> str | None:
     return (f"--resume: {checkpoint} was trained on other batches than this run's: batches {recorded['fingerprint']} "
             f"made of {was}; this run's are {fingerprint}, made of {key} (changed: {changed}; a train set's "
             "fingerprint is that of its tokenised, cleaned pairs). The training data or what makes its batches "
-            "changed since the checkpoint (the corpus files, the tokenizer, the cleaning, the tokens of a "
-            "micro-batch, the seed): resume with what the run was trained on, or start a new run (--overwrite, or "
-            "another --output-dir)")
+            "changed since the checkpoint: the corpus files, the tokenizer or the cleaning (train_set, pairs); the "
+            "tokens of a micro-batch, which follow training.update_tokens, training.micro_batch_tokens and the "
+            "number of processes of the launch (max_tokens); the seed. Resume with what the run was trained on, on "
+            "as many processes, or start a new run (--overwrite, or another --output-dir)")
 
 
 def whole_weights_problem(state, average_last: int) -> str | None:
