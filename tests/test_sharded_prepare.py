@@ -71,6 +71,12 @@ def logged_batches(run: Path, rank: int) -> list[list[int]]:
     return [json.loads(line) for line in (run / f"batches-rank{rank}.jsonl").read_text().splitlines()]
 
 
+def batches_record(run: Path) -> dict:
+    """What the run's checkpoint says its batches are made of (trainer.TokenBatchesRecord)."""
+    state = json.loads((run / "checkpoint-2/trainer_state.json").read_text())
+    return state["stateful_callbacks"]["TokenBatchesRecord"]["attributes"]
+
+
 def data_phases(run: Path, rank: int) -> dict[str, dict]:
     return {phase["name"]: phase for phase in json.loads((run / f"data-rank{rank}.json").read_text())}
 
@@ -147,6 +153,9 @@ def test_each_machine_encodes_its_half_and_the_batches_are_one_process_s(small_c
     interleaved = [batch for pair in zip(*launched) for batch in pair]
     common = min(len(interleaved), len(single))
     assert common >= 4 and interleaved[:common] == single[:common]
+    # The joined set has one process's fingerprint: the checkpoints record the same batches (a resume on another
+    # number of machines is not refused as other data), and the batch plan's cache is shared.
+    assert batches_record(runs[0]) == batches_record(single_run) and batches_record(single_run)["fingerprint"]
     if not shared_disk:  # a later launch finds every shard in each machine's cache: nothing encoded or sent again
         (tmp_path / "encoded.tsv").unlink()
         prepare = lambda disk: [str(hooked_cli), *prepare_args(small_corpus, *SETTINGS),  # noqa: E731
@@ -225,19 +234,20 @@ def test_shards_joined_in_order_are_the_whole_set_tokenised_and_out_of_order_cha
     from test_data_path import multi30k_pairs
 
     from vanilla_transformer.training.batching import TokenBatchSampler
-    from vanilla_transformer.training.data import token_lengths
+    from vanilla_transformer.training.data import token_lengths, tokenized_fingerprint
     from vanilla_transformer.training.shards import joined
     from vanilla_transformer.training.tokenize_child import tokenize_train
 
     raw, tokenizer, de, en = multi30k_pairs(data_dir, tmp_path / "corpus", 301)  # an odd count: halves of 151, 150
+    key = tokenized_fingerprint(raw._fingerprint, tokenizer.backend_tokenizer.to_str(), ("de", "en"), None)
     whole, _ = tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=10**9)
-    shards = [tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=10**9, fingerprint=whole._fingerprint,
-                             shard=(index, 2))[0] for index in (0, 1)]
+    shards = [tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=10**9, fingerprint=key, shard=(index, 2))[0]
+              for index in (0, 1)]
     assert [len(shard) for shard in shards] == [151, 150]
     files = [[f["filename"] for f in shard.cache_files] for shard in shards]
     assert files[0] != files[1] and whole.cache_files[0]["filename"] not in files[0] + files[1]
-    in_order = joined(files[0] + files[1], whole._fingerprint, len(raw))
-    assert in_order._fingerprint == whole._fingerprint
+    in_order = joined(files[0] + files[1], key, len(raw))
+    assert in_order._fingerprint == whole._fingerprint  # as the batch plan's cache and a resume's check key it
     assert in_order["input_ids"] == whole["input_ids"] == tokenizer(de)["input_ids"]
     assert in_order["labels"] == tokenizer(en)["input_ids"]
 
@@ -246,7 +256,7 @@ def test_shards_joined_in_order_are_the_whole_set_tokenised_and_out_of_order_cha
                                     max_tokens=300, seed=1)
         return [list(map(int, batch)) for batch in sampler]
 
-    swapped = joined(files[1] + files[0], whole._fingerprint, len(raw))
+    swapped = joined(files[1] + files[0], key, len(raw))
     assert batches(in_order) == batches(whole) and batches(swapped) != batches(whole)
 
 

@@ -160,8 +160,8 @@ class TrainingRecipe:
     # Write each process's batch indices to batches-rank*.jsonl (for auditing), as they are collated: with several
     # dataloader_workers, not always in the order they are trained on.
     log_batches: bool = False
-    # Seconds a process of a multi-process launch waits for the others, the data path's first run included (the others
-    # wait while the main process prepares it); transformers' ddp_timeout. torch's own default is 10 min under NCCL.
+    # Seconds a process of a multi-process launch waits for the others in a collective; transformers' ddp_timeout.
+    # torch's own default is 10 min under NCCL. The data path's waits follow the preparing process's heartbeat instead.
     ddp_timeout: int = 1800
     # The Trainer's experiment trackers, as TrainingArguments.report_to takes them: "none", "all" (those installed), a
     # name ("tensorboard", "trackio", "wandb", "mlflow", ...) or a list of names. They receive what the Trainer logs:

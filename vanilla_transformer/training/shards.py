@@ -90,7 +90,9 @@ def joined(files: list[str], fingerprint: str, rows: int) -> datasets.Dataset:
     if len(parts) != rows:
         raise ValueError(f"the tokenised shards ({', '.join(files)}) hold {len(parts)} pairs, the train set {rows}: "
                          "delete them and launch again")
-    return datasets.Dataset(parts.data, info=parts.info, split=parts.split, fingerprint=fingerprint)
+    # Keyed as data.encode_pairs' result is (its map's key, then with_format(None)): the same fingerprint as one
+    # process's tokenised set, so the batch plan's cache and a resume's check see the same data.
+    return datasets.Dataset(parts.data, info=parts.info, split=parts.split, fingerprint=fingerprint).with_format(None)
 
 
 def tokenize_across_machines(launch: Launch, pairs: datasets.Dataset, tokenizer, langs: tuple[str, str],
