@@ -93,10 +93,10 @@ def content_hash(path: Path) -> str:
     page cache on a 2-core AMD EPYC, 3.5 GB/s or more (sha256 1.4 GB/s there, blake2b 0.7 GB/s); from a cold disk,
     what reading it takes.
     """
-    digest = xxhash.xxh3_128()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
+    digest, block = xxhash.xxh3_128(), bytearray(1 << 22)  # one buffer, read into: no bytes object per block
+    with open(path, "rb", buffering=0) as file:
+        while size := file.readinto(block):
+            digest.update(memoryview(block)[:size])
     return digest.hexdigest()
 
 
@@ -229,8 +229,9 @@ def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: f
         longest, shortest = np.maximum(src, tgt), np.minimum(src, tgt)
         too_long = longest > min(limits) if limits else np.zeros(len(src), dtype=bool)
         bad_ratio = ~too_long & (longest > max_ratio * shortest) if max_ratio is not None else np.zeros_like(too_long)
-        rows = np.flatnonzero(~too_long & ~bad_ratio).astype(np.uint64) + np.uint64(start)
-        kept.append(pa.array(rows))
+        # The kept rows in Arrow's memory (a numpy array wrapped by pa.array would stay alive with it).
+        rows = pc.add(pc.indices_nonzero(pa.array(~too_long & ~bad_ratio)), pa.scalar(start, pa.uint64()))
+        kept.append(rows)
         counts["kept"] += len(rows)
         counts["too_long"] += int(too_long.sum())
         counts["bad_ratio"] += int(bad_ratio.sum())
