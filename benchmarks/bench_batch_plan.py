@@ -2,10 +2,11 @@
 they were cached) against read back from the cache, and the memory each process of a launch holds for them.
 
 On synthetic lengths of --pairs pairs (default 4.5 million, WMT14 en-de's size; no text, no training): the seconds
-to build the batches from the lengths, to write them to the cache, and, in --processes fresh processes at once (the
-ranks of a launch), to read and check them (size and checksum of each array) from the cache; for each of those
-processes, while all of them hold the batches, the anonymous memory the batches added (its own copy: ~0 when mapped)
-and the RSS and PSS of the mapped cache files (PSS shares a page among the processes that map it). Prints one JSON.
+to build the batches from the lengths (and the RSS the building process added at its peak), to write them to the
+cache, and, in --processes fresh processes at once (the ranks of a launch), to read and check them (size and
+checksum of each array) from the cache; for each of those processes, while all of them hold the batches, the
+anonymous memory the batches added (its own copy: ~0 when mapped) and the RSS and PSS of the mapped cache files (PSS
+shares a page among the processes that map it). Prints one JSON.
 Usage: python benchmarks/bench_batch_plan.py [--pairs 4500000] [--max-tokens 6250] [--processes 2]
 """
 
@@ -60,6 +61,12 @@ def mapped_mb(pid: int, folder: Path) -> dict[str, float]:
             "cache_files_pss_mb": round(totals["Pss:"] / 1024, 1)}
 
 
+def status_mb(field: str) -> float:
+    """A size from /proc/self/status (VmRSS, VmHWM), in MB."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=4_500_000)
@@ -73,9 +80,12 @@ def main() -> None:
     key = BatchesKey(args.pairs, f"synthetic-{args.pairs}", args.max_tokens, 0)
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / key.fingerprint()
+        Path("/proc/self/clear_refs").write_text("5")  # the peak RSS (VmHWM) starts again from the RSS now
+        rss_before = status_mb("VmRSS")
         started = time.perf_counter()
         built = pack_batches(src, tgt, args.max_tokens, key.seed, key)
         build_seconds = time.perf_counter() - started
+        build_peak_mb = status_mb("VmHWM") - rss_before
         started = time.perf_counter()
         cached_batches(folder, key, lambda: built)
         write_seconds = time.perf_counter() - started
@@ -94,6 +104,7 @@ def main() -> None:
         "machine": machine(), "pairs": args.pairs, "max_tokens": args.max_tokens, "batches": len(built.starts) - 1,
         "build_seconds": round(build_seconds, 2), "write_seconds": round(write_seconds, 2), "cache_mb": cache_mb,
         "built_arrays_mb": round((built.order.nbytes + built.starts.nbytes) / 2**20, 1),
+        "build_peak_rss_added_mb": round(build_peak_mb),  # the building process's temporaries at their largest
         "processes_reading_the_cache": processes,
         "build_over_read_ratio": round(build_seconds / max(p["read_seconds"] for p in processes), 1),
     }, indent=2))

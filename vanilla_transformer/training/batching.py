@@ -136,11 +136,18 @@ def pack_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tok
 
 def length_order(src_lengths: np.ndarray, tgt_lengths: np.ndarray, seed: int) -> np.ndarray:
     """The examples sorted by target then source length, ties in seeded random order."""
-    tie_break = torch.randperm(len(src_lengths), generator=torch.Generator().manual_seed(seed)).numpy()
-    longest_source = int(src_lengths.max()) if len(src_lengths) else 0
-    key = tgt_lengths.astype(np.int64) * (longest_source + 1) + src_lengths
-    order = tie_break[np.argsort(key[tie_break], kind="stable")]
-    return order.astype(np.int32 if len(order) < 2**31 else np.int64)
+    # The narrowest types that hold the values (int32 for up to 2**31 examples and lengths up to 46,340): at 45M
+    # pairs the int64 ones made the building process's peak 1.7 GB instead of about 1.1.
+    count = len(src_lengths)
+    tie_break = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).numpy()
+    tie_break = tie_break.astype(np.int32 if count < 2**31 else np.int64)
+    longest_source = int(src_lengths.max()) if count else 0
+    longest_target = int(tgt_lengths.max()) if count else 0
+    wide = (longest_target + 1) * (longest_source + 1) >= 2**31
+    key = tgt_lengths[tie_break].astype(np.int64 if wide else np.int32, copy=False)  # in tie-break order
+    key *= longest_source + 1
+    key += src_lengths[tie_break]
+    return tie_break[np.argsort(key, kind="stable")]
 
 
 def pack(sizes: np.ndarray, max_tokens: int) -> np.ndarray:
