@@ -111,8 +111,9 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         # and for that one machine 0's, where it sees machine 0's disk; one that fills its own waits for none.
         shares_disk = shares_disk_with_main(launch)
         disk_leader = launch.local_main if not launch.is_local_main else 0 if shares_disk else None
+        # The waits come before the phases: what the cache held before a phase includes what the other process wrote.
+        launch.wait_for(disk_leader, "read text", "read the text into the datasets cache")
         with phase("read text") as (p, existing):
-            launch.wait_for(disk_leader, "read text", "read the text into the datasets cache")
             splits = [s for s in (d.train, d.validation, d.test) if s]
             raw = load_parallel(data_source, langs, d.hub_config, splits=splits, drop_empty=d.drop_empty)
             p.rows, p.megabytes = len(raw[d.train]), arrow_megabytes(raw[d.train])
@@ -136,8 +137,8 @@ def prepare_data(recipe: Recipe, data_source: str, tokenizer_dir: Path | None = 
         with phase("clean") as (p, _):
             train_set, cleaning = clean(tokenized, d.max_length, d.max_ratio, max_positions=max_length)
             p.rows = len(train_set)
+        launch.wait_for(disk_leader, "tokenize validation", "tokenize the validation set")
         with phase("tokenize validation") as (p, existing):
-            launch.wait_for(disk_leader, "tokenize validation", "tokenize the validation set")
             validation_pairs = raw[d.validation]
             if d.validation_size:
                 validation_pairs = validation_pairs.select(range(min(d.validation_size, len(validation_pairs))))

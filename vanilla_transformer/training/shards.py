@@ -11,6 +11,7 @@ later launch finds them there. A shard is held when its manifest (written after 
 import json
 import logging
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,12 +35,14 @@ class ShardWork:
     received: list[int] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
     received_mb: float = 0.0
+    transfer_seconds: float = 0.0  # sending and receiving, not waiting for the other machines' shards
 
     def describe(self) -> str:
         said = [f"{what} {', '.join(map(str, shards))}" for what, shards in (
             ("encoded", self.encoded), ("cached", self.held), ("read from the shared disk", self.read),
             ("received", self.received), ("sent", self.sent)) if shards]
-        received = f", {self.received_mb:,.0f} MB received" if self.received else ""
+        received = (f", {self.received_mb:,.0f} MB received" if self.received else "") + (
+            f", {self.transfer_seconds:.1f} s transferring" if self.received or self.sent else "")
         return f"shards of {self.machines} machines: {'; '.join(said)}{received}"
 
 
@@ -148,7 +151,9 @@ def tokenize_across_machines(launch: Launch, pairs: datasets.Dataset, tokenizer,
         owner = launch.machines[index]
         if index == machine:
             for receiver in receivers(index):
+                started = time.perf_counter()
                 launch.send_files(own, launch.machines[receiver])
+                work.transfer_seconds += time.perf_counter() - started
                 work.sent.append(receiver)
             files += own
         elif index in held:
@@ -157,13 +162,16 @@ def tokenize_across_machines(launch: Launch, pairs: datasets.Dataset, tokenizer,
         else:
             made = launch.wait_for(owner, f"shard {index}", f"encode shard {index} of the train set")
             if machine in receivers(index):
+                started = time.perf_counter()
                 files += launch.receive_files([(Path(file).name, size) for file, size in made], owner, folder)
+                work.transfer_seconds += time.perf_counter() - started
                 write_manifest(folder, shards[index], files[-len(made):])
                 work.received.append(index)
                 work.received_mb += round(sum(size for _, size in made) / 2**20, 1)
             else:  # written by its owner on the disk this machine shares
                 files += [file for file, _ in made]
                 work.read.append(index)
+    work.transfer_seconds = round(work.transfer_seconds, 2)
     launch.done("tokenize train", files)
     logger.info("tokenize train: %s", work.describe())
     return joined(files, fingerprint, len(pairs)), child, work
