@@ -15,7 +15,16 @@ from torch.utils.data import BatchSampler, RandomSampler
 from transformers import DataCollatorForSeq2Seq
 
 from vanilla_transformer import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.training.batching import padding_fraction
+
+
+def padding_fraction(batches: list[list[int]], src_lengths, tgt_lengths) -> float:
+    """Share of the padded source + target positions that hold padding, over these batches."""
+    real = padded = 0
+    for batch in batches:
+        for lengths in (src_lengths[batch], tgt_lengths[batch]):
+            real += int(lengths.sum())
+            padded += int(lengths.max()) * len(batch)
+    return 1 - real / padded
 
 
 def main() -> None:
