@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Tokenizer
-from torch.utils.data import Dataset
 
 from .data import token_lengths
 from .recipe import AugmentRecipe
@@ -177,19 +176,6 @@ class AugmentingCollator:
                 feature["input_ids"], feature["labels"] = pair
                 a.changed += 1
         return self.collator(features)
-
-
-class IndexedPairs(Dataset):
-    """The training pairs with each one's row number, for the augmenting collator."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, row: int) -> dict:
-        return {**self.dataset[row], EXAMPLE: row}
 
 
 def make_augmenter(options: AugmentRecipe, raw_train, train_set, langs: tuple[str, str], backend: Tokenizer,

@@ -19,7 +19,7 @@ from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from ..modeling_kernels import LabelSmoothedCrossEntropy
-from .augment import Augmenter, IndexedPairs
+from .augment import EXAMPLE, Augmenter
 from .batching import PackedBatchSampler, token_batches
 from .checkpoints import is_fsdp2_full_state_dict, load_fsdp2_full_weights
 from .recipe import BatchPlan
@@ -82,10 +82,10 @@ class TranslationTrainer(Seq2SeqTrainer):
                         len(self.batch_sampler), self.micro_batch_tokens, 100 * self.batch_sampler.padding_fraction())
             logger.info("%s", self.batch_plan())
         collator = self.data_collator
-        if self.batch_log is not None:  # each pair's row number, for the batch log (a wrapper: the rows stay cached)
-            dataset = RowNumbered(dataset)
+        if self.batch_log is not None:
+            dataset = NumberedRows(dataset, "idx")
         if self.augmenter is not None:  # the sampler above packs the un-augmented pairs; the collator keeps its cap
-            dataset, collator = IndexedPairs(dataset), self.augmenter.collator(collator, self.micro_batch_tokens)
+            dataset, collator = NumberedRows(dataset, EXAMPLE), self.augmenter.collator(collator, self.micro_batch_tokens)
         if self.batch_log is not None:
             collator = BatchLoggingCollator(collator, self.batch_log, self.args.process_index)
         loader = DataLoader(dataset, batch_sampler=self.batch_sampler, collate_fn=collator,
@@ -347,17 +347,18 @@ class RunSteps(TrainerCallback):
         state.compute_steps(args, state.max_steps)
 
 
-class RowNumbered(Dataset):
-    """The training pairs, each with its row number as "idx", for the batch log."""
+class NumberedRows(Dataset):
+    """The training pairs, each with its row number in `field`: for the batch log ("idx") and the augmenting collator
+    (augment.EXAMPLE), which take it out again. A wrapper, so that the rows stay those of the cached table."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, field: str):
+        self.dataset, self.field = dataset, field
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, row: int) -> dict:
-        return {**self.dataset[row], "idx": row}
+        return {**self.dataset[row], self.field: row}
 
 
 class BatchLoggingCollator:
