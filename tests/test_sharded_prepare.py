@@ -13,7 +13,7 @@ from conftest import accelerate_launch, free_port, launch_env
 from test_training import train_args
 
 # The CLI with the tokenizers backend wrapped: every batch of texts it encodes is recorded (process, count, first
-# text), and it fails or dies on purpose where the test says.
+# text), and it fails or dies on purpose where the test says (on a rank, or at the n-th call for train texts).
 HOOKED_CLI = """
 import os, signal
 from vanilla_transformer import cli
@@ -21,6 +21,9 @@ from vanilla_transformer.training import data
 
 backend = data.Tokenizer
 rank = os.environ["RANK"]
+if "ENCODE_BATCH_PAIRS" in os.environ:  # smaller batches: several of them written before a kill
+    data.ENCODE_BATCH_PAIRS = int(os.environ["ENCODE_BATCH_PAIRS"])
+train_calls = 0
 
 
 class Recording:
@@ -31,6 +34,10 @@ class Recording:
         return getattr(self.inner, name)
 
     def encode_batch_fast(self, texts):
+        global train_calls
+        train_calls += len(texts) >= 100  # the train set's batches (the validation set's are smaller)
+        if os.environ.get("KILL_AT_TRAIN_CALL") == str(train_calls) and len(texts) >= 100:
+            os.kill(os.getpid(), signal.SIGKILL)
         if os.environ.get("FAIL_ON_RANK") == rank and len(texts) > 100:  # the train set's, not the validation's
             raise RuntimeError("the tokenizer failed on purpose")
         if os.environ.get("KILL_ON_RANK") == rank and len(texts) > 100:
@@ -271,3 +278,24 @@ def test_a_child_process_encodes_a_shard_for_the_parent(data_dir, tmp_path, monk
     monkeypatch.setattr(data, "Tokenizer", ParentMustNotEncode)
     tokenized, child = tokenize_child.tokenize_train(raw, tokenizer, ("de", "en"), min_pairs=0, shard=(1, 3))
     assert child.loaded and tokenized["input_ids"] == tokenizer(de[100:200])["input_ids"]
+
+
+def test_a_preparation_killed_while_tokenizing_leaves_no_cache_a_rerun_trusts(small_corpus, hooked_cli, one_process,
+                                                                              tmp_path):
+    single_run, _ = one_process
+    env = {**launch_env(HF_DATASETS_CACHE=str(tmp_path / "cache")), "ENCODED_LOG": str(tmp_path / "encoded.tsv"),
+           "RANK": "0", "ENCODE_BATCH_PAIRS": "100"}
+    killed = subprocess.run([sys.executable, str(hooked_cli), *train_args(small_corpus, tmp_path / "killed", *SETTINGS)],
+                            env={**env, "KILL_AT_TRAIN_CALL": "5"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    # Killed in the train set's third batch of 100 pairs, after two of them were encoded (both sides).
+    assert [count for _, count, _ in encoded(tmp_path / "encoded.tsv")] == [100] * 4
+    (tmp_path / "encoded.tsv").unlink()
+
+    rerun = subprocess.run([sys.executable, str(hooked_cli), *train_args(small_corpus, tmp_path / "rerun", *SETTINGS)],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not data_phases(tmp_path / "rerun", 0)["tokenize train"]["cached"]  # nothing of the killed run trusted
+    assert sum(count for _, count, _ in encoded(tmp_path / "encoded.tsv") if count == 100) == 2 * 500
+    assert logged_batches(tmp_path / "rerun", 0) == logged_batches(single_run, 0)
+    assert batches_record(tmp_path / "rerun") == batches_record(single_run)
