@@ -2,9 +2,11 @@
 they were cached) against read back from the cache, and the memory each process of a launch holds for them.
 
 On synthetic lengths of --pairs pairs (default 4.5 million, WMT14 en-de's size; no text, no training): the seconds
-to build the batches from the lengths (and the RSS the building process added at its peak), to write them to the
-cache, and, in --processes fresh processes at once (the ranks of a launch), to read and check them (size and
-checksum of each array) from the cache; for each of those processes, while all of them hold the batches, the
+to build the batches from the lengths, read a chunk at a time with scratch files beside the cache as token_batches
+builds them (and the RSS and the anonymous memory the building process added at their peaks: the RSS counts the
+pages of the memory-mapped scratch files, anonymous memory does not), to write them to the cache, and, in
+--processes fresh processes at once (the ranks of a launch), to read and check them (size and checksum of each array)
+from the cache; for each of those processes, while all of them hold the batches, the
 anonymous memory the batches added (its own copy: ~0 when mapped) and the RSS and PSS of the mapped cache files (PSS
 shares a page among the processes that map it). Prints one JSON.
 Usage: python benchmarks/bench_batch_plan.py [--pairs 4500000] [--max-tokens 6250] [--processes 2]
@@ -16,13 +18,14 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 from common import machine
 
-from vanilla_transformer.training.batching import BatchesKey, cached_batches, pack_batches
+from vanilla_transformer.training.batching import PACK_CHUNK_ROWS, BatchesKey, cached_batches, pack_length_chunks
 
 # One rank: reads the batches from the cache (argv: folder, key as JSON), says so, and holds them until told to end.
 RANK = """
@@ -67,6 +70,30 @@ def status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
+def anonymous_mb() -> float:
+    """This process's anonymous memory now (Linux smaps_rollup), in MB."""
+    line = next(line for line in Path("/proc/self/smaps_rollup").read_text().splitlines()
+                if line.startswith("Anonymous:"))
+    return int(line.split()[1]) / 1024
+
+
+def peak_anonymous_mb(work):
+    """What work() returns, and the largest anonymous memory of this process while it ran (sampled every 10 ms)."""
+    peak, done = [anonymous_mb()], threading.Event()
+
+    def sample():
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], anonymous_mb())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return work(), max(peak[0], anonymous_mb())
+    finally:
+        done.set()
+        sampler.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=4_500_000)
@@ -81,9 +108,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / key.fingerprint()
         Path("/proc/self/clear_refs").write_text("5")  # the peak RSS (VmHWM) starts again from the RSS now
-        rss_before = status_mb("VmRSS")
+        rss_before, anonymous_before = status_mb("VmRSS"), anonymous_mb()
+
+        def chunks():
+            rows = range(0, args.pairs, PACK_CHUNK_ROWS)
+            return ((src[i:i + PACK_CHUNK_ROWS], tgt[i:i + PACK_CHUNK_ROWS]) for i in rows)
+
         started = time.perf_counter()
-        built = pack_batches(src, tgt, args.max_tokens, key.seed, key)
+        built, anonymous_peak = peak_anonymous_mb(
+            lambda: pack_length_chunks(chunks, args.pairs, args.max_tokens, key.seed, key, scratch=Path(work)))
         build_seconds = time.perf_counter() - started
         build_peak_mb = status_mb("VmHWM") - rss_before
         started = time.perf_counter()
@@ -105,6 +138,7 @@ def main() -> None:
         "build_seconds": round(build_seconds, 2), "write_seconds": round(write_seconds, 2), "cache_mb": cache_mb,
         "built_arrays_mb": round((built.order.nbytes + built.starts.nbytes) / 2**20, 1),
         "build_peak_rss_added_mb": round(build_peak_mb),  # the building process's temporaries at their largest
+        "build_peak_anonymous_added_mb": round(anonymous_peak - anonymous_before),  # of them, not the scratch files'
         "processes_reading_the_cache": processes,
         "build_over_read_ratio": round(build_seconds / max(p["read_seconds"] for p in processes), 1),
     }, indent=2))

@@ -19,7 +19,8 @@ from test_training import train_args
 from vanilla_transformer import train_tokenizer
 from vanilla_transformer.cli import main
 from vanilla_transformer.training import batching
-from vanilla_transformer.training.batching import BatchesKey, TokenBatchSampler, cached_batches, pack_batches
+from vanilla_transformer.training.batching import (BatchesKey, TokenBatchSampler, cached_batches, pack_batches,
+                                                   pack_length_chunks)
 from vanilla_transformer.training.data import clean, load_parallel, token_lengths, tokenize
 
 LOGGER = "vanilla_transformer.training.batching"
@@ -54,7 +55,7 @@ def test_cached_batches_are_the_fresh_ones_and_those_recorded(data_dir, tmp_path
     def must_not_build(*args, **kwargs):
         raise AssertionError("the batches were built again instead of read from the cache")
 
-    monkeypatch.setattr(batching, "pack_batches", must_not_build)
+    monkeypatch.setattr(batching, "pack_length_chunks", must_not_build)  # what token_batches builds with
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         cached = batching.token_batches(dataset, r["max_tokens"], r["seed"])
@@ -65,7 +66,7 @@ def test_cached_batches_are_the_fresh_ones_and_those_recorded(data_dir, tmp_path
         assert epochs(sampler, len(recorded)) == recorded
     assert cached.padding_fraction() == built.padding_fraction() == fresh.padding_fraction() > 0
     # Another seed or max_tokens is another key: other batches, not these read back.
-    monkeypatch.setattr(batching, "pack_batches", pack_batches)
+    monkeypatch.setattr(batching, "pack_length_chunks", pack_length_chunks)
     assert epochs(batching.token_batches(dataset, r["max_tokens"], r["seed"] + 1)) != epochs(built)
     assert len(list(folder.parent.glob("*.lock"))) == 2 and not list(folder.parent.glob("*.partial-*"))
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch
 import xxhash
 from torch.utils.data import Sampler
 
-from .data import token_lengths
+from .data import token_length_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -115,39 +115,108 @@ def pack_batches(src_lengths: Sequence[int], tgt_lengths: Sequence[int], max_tok
     if len(src_lengths) != len(tgt_lengths):
         raise ValueError(f"{len(src_lengths)} source lengths but {len(tgt_lengths)} target lengths")
     src, tgt = np.asarray(src_lengths, dtype=np.int32), np.asarray(tgt_lengths, dtype=np.int32)
-    sizes = np.maximum(src, tgt)
-    too_long = np.flatnonzero(sizes > max_tokens)
-    if len(too_long):
-        i = int(too_long[0])
-        raise ValueError(f"example {i} has {int(sizes[i])} tokens, more than max_tokens={max_tokens}; "
-                         "filter long pairs (max_length) or raise max_tokens")
-    order = length_order(src, tgt, seed)
-    starts = pack(sizes[order], max_tokens)  # batch b is order[starts[b]:starts[b + 1]]
+    return pack_length_chunks(lambda: iter([(src, tgt)]), len(src), max_tokens, seed, key)
+
+
+# Examples whose lengths, keys and positions the chunked passes of pack_length_chunks hold at a time.
+PACK_CHUNK_ROWS = 1 << 20
+
+
+def pack_length_chunks(chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]], count: int, max_tokens: int,
+                       seed: int, key: BatchesKey | None = None, scratch: Path | None = None) -> PackedBatches:
+    """pack_batches() of the `count` examples whose (source, target) lengths each call of chunks() yields, a chunk
+    at a time in row order; with `scratch`, a folder, the arrays of one value per example (the keys, the tie-break
+    permutation, the order, the sizes) are memory-mapped files there, deleted when unused.
+
+    Lengths are bounded (by max_tokens, in practice by max_length or the positions), so the sort by (target length,
+    source length, place in the seeded tie-break permutation) is a counting sort: a histogram of the length pairs
+    present, then the examples placed into their pair's slots in tie-break order; the sizes and padding are read
+    from the pairs' runs in that order. Besides those arrays it holds a chunk of examples and a count per length
+    pair present, whatever the corpus' size (a whole-corpus argsort and its temporaries added about 23 bytes a pair,
+    1 GB at 45M), and the order is the stable argsort's exactly.
+    """
+    # A length pair (target t, source s) as the key t * width + s, which sorts as the pairs do: the keys present,
+    # sorted, and each example's place among them (its run of the sorted order) and the runs' sizes.
+    width, present, seen = max_tokens + 1, np.zeros(0, dtype=np.int64), 0
+    for src, tgt in chunks():
+        sizes = np.maximum(src, tgt)
+        too_long = np.flatnonzero(sizes > max_tokens)
+        if len(too_long):
+            i = int(too_long[0])
+            raise ValueError(f"example {seen + i} has {int(sizes[i])} tokens, more than max_tokens={max_tokens}; "
+                             "filter long pairs (max_length) or raise max_tokens")
+        present = np.union1d(present, tgt.astype(np.int64) * width + src)
+        seen += len(src)
+    if seen != count:
+        raise ValueError(f"{seen} lengths for {count} examples")
+    keys = scratch_array(count, np.int32 if count < 2**31 else np.int64, scratch)  # the run of each example
+    histogram, start = np.zeros(len(present), dtype=np.int64), 0
+    for src, tgt in chunks():
+        chunk = keys[start:start + len(src)]
+        chunk[:] = np.searchsorted(present, tgt.astype(np.int64) * width + src)
+        histogram += np.bincount(chunk, minlength=len(present))
+        start += len(src)
+    # The tie-break permutation, as torch draws it whatever the type (it was torch.randperm's int64, then cast).
+    tie_break = scratch_array(count, np.int32 if count < 2**31 else np.int64, scratch)
+    torch.randperm(count, generator=torch.Generator().manual_seed(seed), out=torch.from_numpy(tie_break))
+    order = scratch_array(count, tie_break.dtype, scratch)
+    place = np.cumsum(histogram) - histogram  # where the next example of each key goes
+    for start in range(0, count, PACK_CHUNK_ROWS):  # examples in tie-break order, each into its key's next slot
+        examples = np.array(tie_break[start:start + PACK_CHUNK_ROWS])
+        by_key = np.argsort(keys[examples], kind="stable")
+        examples, chunk_keys = examples[by_key], keys[examples[by_key]]
+        firsts = np.flatnonzero(np.diff(chunk_keys, prepend=-1))  # where each key's run in the chunk begins
+        run_lengths = np.diff(firsts, append=len(chunk_keys))
+        order[place[chunk_keys] + np.arange(len(examples)) - np.repeat(firsts, run_lengths)] = examples
+        place[chunk_keys[firsts]] += run_lengths
+    del keys, tie_break
+    runs = SortedRuns(present, histogram, width)
+    sizes = scratch_array(count, np.int32, scratch)
+    for start in range(0, count, PACK_CHUNK_ROWS):
+        end = min(start + PACK_CHUNK_ROWS, count)
+        sizes[start:end] = np.maximum(runs.between(runs.sources, start, end), runs.between(runs.targets, start, end))
+    starts = pack(sizes, max_tokens)  # batch b is order[starts[b]:starts[b + 1]]
     del sizes
-    real = padded = 0
-    if len(starts) > 1:
-        counts = np.diff(starts)
-        for lengths in (src, tgt):
-            in_order = lengths[order]
-            real += int(in_order.sum(dtype=np.int64))
-            padded += int((np.maximum.reduceat(in_order, starts[:-1]).astype(np.int64) * counts).sum())
+    real = int((histogram * (runs.sources.astype(np.int64) + runs.targets)).sum())
+    padded = 0
+    first = 0
+    while first < len(starts) - 1:  # whole batches of about a chunk of examples at a time
+        last = max(int(np.searchsorted(starts, starts[first] + PACK_CHUNK_ROWS, side="right")) - 1, first + 1)
+        bounds, first = starts[first:last + 1], last
+        counts = np.diff(bounds)
+        for lengths in (runs.sources, runs.targets):
+            in_order = runs.between(lengths, int(bounds[0]), int(bounds[-1]))
+            padded += int((np.maximum.reduceat(in_order, bounds[:-1] - bounds[0]).astype(np.int64) * counts).sum())
     return PackedBatches(order, starts, real, padded, key)
 
 
-def length_order(src_lengths: np.ndarray, tgt_lengths: np.ndarray, seed: int) -> np.ndarray:
-    """The examples sorted by target then source length, ties in seeded random order."""
-    # The narrowest types that hold the values (int32 for up to 2**31 examples and lengths up to 46,340): at 45M
-    # pairs the int64 ones made the building process's peak 1.7 GB instead of about 1.1.
-    count = len(src_lengths)
-    tie_break = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).numpy()
-    tie_break = tie_break.astype(np.int32 if count < 2**31 else np.int64)
-    longest_source = int(src_lengths.max()) if count else 0
-    longest_target = int(tgt_lengths.max()) if count else 0
-    wide = (longest_target + 1) * (longest_source + 1) >= 2**31
-    key = tgt_lengths[tie_break].astype(np.int64 if wide else np.int32, copy=False)  # in tie-break order
-    key *= longest_source + 1
-    key += src_lengths[tie_break]
-    return tie_break[np.argsort(key, kind="stable")]
+class SortedRuns:
+    """The examples sorted by key as runs of equal keys (one per length pair present): their lengths, read for any
+    range of the sorted order without an array per example."""
+
+    def __init__(self, present: np.ndarray, histogram: np.ndarray, width: int):
+        self.ends = np.cumsum(histogram)
+        self.sources, self.targets = (present % width).astype(np.int32), (present // width).astype(np.int32)
+
+    def between(self, values: np.ndarray, start: int, end: int) -> np.ndarray:
+        """values (one per run) for the examples start..end - 1 of the sorted order."""
+        first, last = np.searchsorted(self.ends, [start, end - 1], side="right")
+        spans = np.minimum(self.ends[first:last + 1], end) - np.maximum(
+            np.concatenate(([0], self.ends))[first:last + 1], start)
+        return np.repeat(values[first:last + 1], spans)
+
+
+def scratch_array(count: int, dtype, folder: Path | None) -> np.ndarray:
+    """An array of `count` values: a memory-mapped file in the folder, already deleted (its pages are the page
+    cache's, and the disk space comes back when the array is freed), or in memory without a folder or where the
+    folder cannot be written."""
+    if folder is not None and count:
+        try:
+            with tempfile.TemporaryFile(dir=folder, prefix="scratch-") as file:
+                return np.memmap(file, dtype=dtype, mode="w+", shape=(count,))  # mmap keeps its own descriptor
+        except OSError as error:
+            logger.warning("token batches: no scratch file in %s (%s); building them in memory", folder, error)
+    return np.empty(count, dtype=dtype)
 
 
 def pack(sizes: np.ndarray, max_tokens: int) -> np.ndarray:
@@ -170,12 +239,16 @@ def token_batches(dataset: datasets.Dataset, max_tokens: int, seed: int) -> Pack
     before (this run's, an earlier run's or the prepare command's), else built and cached, when the dataset is in the
     datasets cache (an in-memory one has no lasting fingerprint)."""
     key = BatchesKey(len(dataset), dataset._fingerprint, max_tokens, seed)
-
-    def build() -> PackedBatches:
-        return pack_batches(token_lengths(dataset, "input_ids"), token_lengths(dataset, "labels"), max_tokens, seed,
-                            key)
-
     cacheable = bool(dataset.cache_files) and datasets.is_caching_enabled()
+
+    def build() -> PackedBatches:  # with its arrays of a value per example in scratch files beside the cache
+        def chunks():
+            lengths = (token_length_chunks(dataset, column, PACK_CHUNK_ROWS) for column in ("input_ids", "labels"))
+            return ((src.to_numpy(), tgt.to_numpy()) for src, tgt in zip(*lengths))
+
+        scratch = batches_cache(key).parent if cacheable else None
+        return pack_length_chunks(chunks, len(dataset), max_tokens, seed, key, scratch)
+
     return PackedBatchSampler(cached_batches(batches_cache(key), key, build) if cacheable else build(), seed)
 
 

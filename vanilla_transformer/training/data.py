@@ -8,7 +8,9 @@ import gc
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
+from datasets.table import MemoryMappedTable
 from tokenizers import Tokenizer
 
 from ..corpus import CorpusError, aligned_line_chunks, jsonl_line_number, jsonl_problem
@@ -198,12 +201,25 @@ def token_lengths(dataset: datasets.Dataset, column: str) -> np.ndarray:
 
 def arrow_token_lengths(dataset: datasets.Dataset, column: str) -> pa.ChunkedArray:
     """token_lengths() as Arrow: in Arrow's memory, which a chunked pass reads a slice at a time."""
-    # From the whole table, then through the selection's row indices: reading the column of a selected dataset
-    # would first copy every selected row's token ids (seconds per call on millions of pairs).
-    lengths = pc.list_value_length(dataset.data.column(column))
-    if dataset._indices is not None:  # select(), shuffle() and filter() keep the table and map rows through these
-        lengths = lengths.take(dataset._indices.column(0))
-    return lengths
+    return pa.chunked_array(list(token_length_chunks(dataset, column)), pa.int32())
+
+
+def token_length_chunks(dataset: datasets.Dataset, column: str, rows: int | None = None) -> Iterator[pa.Array]:
+    """The lengths of the rows' token lists (int32), `rows` rows at a time (CLEAN_CHUNK_ROWS by default), selections
+    applied: a pass over them holds one chunk of lengths, not one per row of the corpus."""
+    rows = rows or CLEAN_CHUNK_ROWS
+    lists, indices = dataset.data.column(column), dataset._indices
+    for start in range(0, len(dataset), rows):
+        if indices is None:
+            yield pc.list_value_length(lists.slice(start, rows)).combine_chunks().cast(pa.int32())
+            continue
+        # Through the selection's row indices, from the span of the table they cover: reading the selected rows'
+        # token lists would copy their ids (seconds per call on millions of pairs). A selection in row order (what
+        # clean() makes) spans about a chunk of the table; one in random order may span all of it.
+        taken = indices.column(0).slice(start, rows)
+        first, last = pc.min_max(taken).as_py().values()
+        span = pc.list_value_length(lists.slice(first, last - first + 1)).combine_chunks().cast(pa.int32())
+        yield span.take(pc.subtract(taken, pa.scalar(first, pa.uint64())).combine_chunks())
 
 
 # Rows of the length arrays that cleaning holds as numpy at a time: its temporaries (about 20 bytes a row) stay a few
@@ -221,40 +237,86 @@ def clean(dataset: datasets.Dataset, max_length: int | None = None, max_ratio: f
     the step that draws it, again at the same step on every resume.
     """
     limits = [limit for limit in (max_length, max_positions) if limit is not None]
-    src_lengths, tgt_lengths = arrow_token_lengths(dataset, "input_ids"), arrow_token_lengths(dataset, "labels")
-    kept, counts = [], {"kept": 0, "too_long": 0, "bad_ratio": 0}
-    for start in range(0, len(src_lengths), CLEAN_CHUNK_ROWS):  # a pass over slices: no temporaries per corpus row
-        src = src_lengths.slice(start, CLEAN_CHUNK_ROWS).to_numpy()
-        tgt = tgt_lengths.slice(start, CLEAN_CHUNK_ROWS).to_numpy()
-        longest, shortest = np.maximum(src, tgt), np.minimum(src, tgt)
-        too_long = longest > min(limits) if limits else np.zeros(len(src), dtype=bool)
-        bad_ratio = ~too_long & (longest > max_ratio * shortest) if max_ratio is not None else np.zeros_like(too_long)
-        # The kept rows in Arrow's memory (a numpy array wrapped by pa.array would stay alive with it).
-        rows = pc.add(pc.indices_nonzero(pa.array(~too_long & ~bad_ratio)), pa.scalar(start, pa.uint64()))
-        kept.append(rows)
-        counts["kept"] += len(rows)
-        counts["too_long"] += int(too_long.sum())
-        counts["bad_ratio"] += int(bad_ratio.sum())
+    counts = {"kept": 0, "too_long": 0, "bad_ratio": 0}
+
+    def kept_rows() -> Iterator[pa.Array]:  # a chunk's kept row numbers at a time: no temporaries per corpus row
+        start = 0
+        for src, tgt in zip(*(token_length_chunks(dataset, column) for column in ("input_ids", "labels"))):
+            src, tgt = src.to_numpy(), tgt.to_numpy()
+            longest, shortest = np.maximum(src, tgt), np.minimum(src, tgt)
+            too_long = longest > min(limits) if limits else np.zeros(len(src), dtype=bool)
+            bad_ratio = (~too_long & (longest > max_ratio * shortest) if max_ratio is not None
+                         else np.zeros_like(too_long))
+            # The kept rows in Arrow's memory (a numpy array wrapped by pa.array would stay alive with it).
+            rows = pc.add(pc.indices_nonzero(pa.array(~too_long & ~bad_ratio)), pa.scalar(start, pa.uint64()))
+            counts["kept"] += len(rows)
+            counts["too_long"] += int(too_long.sum())
+            counts["bad_ratio"] += int(bad_ratio.sum())
+            start += len(src)
+            yield rows
+
+    kept = select_rows(dataset, kept_rows())
     logger.info("cleaning: kept %d pairs, dropped %d longer than %s tokens and %d by length ratio", counts["kept"],
                 counts["too_long"], min(limits) if limits else "any", counts["bad_ratio"])
-    return select_rows(dataset, pa.chunked_array(kept, pa.uint64())), counts
+    return kept, counts
 
 
-def select_rows(dataset: datasets.Dataset, rows: pa.ChunkedArray) -> datasets.Dataset:
-    """dataset.select(rows) for an Arrow array of row numbers (uint64, sorted, distinct), through an indices table
-    made from it: Dataset.select makes a Python list of them first (about 36 bytes a row, 1.6 GB at 45M pairs) and
-    walks it in Python. The selection's fingerprint follows from the dataset's and the rows, as select's would."""
-    if len(rows) == len(dataset):  # sorted and distinct, so all of them: nothing dropped
-        return dataset
-    digest = xxhash.xxh3_128()  # of the rows as int64, a chunk at a time
-    for chunk in rows.chunks:
-        digest.update(chunk.to_numpy().astype(np.int64))
-    if dataset._indices is not None:  # a selection of a selection: rows of the view, mapped to the table's
-        rows = dataset._indices.column(0).take(rows)
-    fingerprint = digest.hexdigest() + dataset._fingerprint
-    return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split,
-                            indices_table=pa.table({"indices": rows}),
-                            fingerprint=xxhash.xxh3_128_hexdigest(fingerprint.encode()))
+def select_rows(dataset: datasets.Dataset, rows: Iterable[pa.Array]) -> datasets.Dataset:
+    """dataset.select() of the row numbers (uint64, sorted, distinct) that `rows` yields a chunk at a time, through
+    an indices table: Dataset.select makes a Python list of them first (about 36 bytes a row, 1.6 GB at 45M pairs)
+    and walks it in Python. The selection's fingerprint follows from the dataset's and the rows, as select's would.
+
+    For a dataset in the datasets cache, the indices are written there, beside its files, as datasets' own select
+    writes them (an Arrow file, indices-FINGERPRINT.arrow of the selection's, renamed into place whole), and mapped:
+    no copy in each process (8 bytes a kept row, 262 MB at 33M, were anonymous memory in every one), and a DataLoader
+    worker reopens the file rather than receiving a copy. An in-memory dataset gets them in memory.
+    """
+    digest = xxhash.xxh3_128()  # of the view's row numbers as int64, a chunk at a time
+    written = 0
+    on_disk = bool(dataset.cache_files) and datasets.is_caching_enabled()
+    folder = Path(dataset.cache_files[0]["filename"]).parent if on_disk else None
+    partial = tempfile.NamedTemporaryFile("wb", dir=folder, prefix="tmp-indices-", delete=False) if on_disk else None
+    schema = pa.schema({"indices": pa.uint64()})
+    sink = pa.ipc.new_stream(partial, schema) if on_disk else None
+    in_memory = []
+    try:
+        for chunk in rows:
+            digest.update(chunk.to_numpy().astype(np.int64))
+            written += len(chunk)
+            if dataset._indices is not None:  # a selection of a selection: rows of the view, mapped to the table's
+                chunk = dataset._indices.column(0).take(chunk).combine_chunks()
+            if sink is not None:
+                sink.write_batch(pa.record_batch([chunk], schema=schema))
+            else:
+                in_memory.append(chunk)
+        if sink is not None:
+            sink.close()
+            partial.flush()
+            os.fsync(partial.fileno())
+            partial.close()
+        fingerprint = xxhash.xxh3_128_hexdigest((digest.hexdigest() + dataset._fingerprint).encode())
+        if written == len(dataset):  # sorted and distinct, so all of them: nothing dropped
+            return dataset
+        if sink is None:
+            indices = pa.table({"indices": pa.chunked_array(in_memory, pa.uint64())})
+        else:
+            path = folder / f"indices-{fingerprint}.arrow"
+            if not path.is_file():  # else written by an earlier run, or another process: the same rows
+                os.chmod(partial.name, 0o666 & ~current_umask())  # NamedTemporaryFile's 0600 hides it from others
+                os.replace(partial.name, path)
+            indices = MemoryMappedTable.from_file(str(path))
+        return datasets.Dataset(dataset.data, info=dataset.info, split=dataset.split, indices_table=indices,
+                                fingerprint=fingerprint)
+    finally:
+        if partial is not None:
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 # In every tokenised cache's key: change it when the output changes. v2: uint16 ids where the vocabulary fits.
