@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guards", choices=("model", "on", "off"), default="model",
                         help="the generation guards (length bound per sentence, repeated n-gram guard): as the "
                              "model's generation_config has them, on with the defaults (modeling.GUARDS), or off")
+    parser.add_argument("--recase", choices=("model", "off"), default="model",
+                        help="input all in capitals or all in lower case: recased by the model's casing.json where it "
+                             "has one (the pipeline's and translate's default), or translated as it is")
     args = parser.parse_args(argv)
 
     sources, references = read_lines(args.source), read_lines(args.reference)
@@ -189,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     translator = line_translator(args.model, args.engine, num_beams=args.num_beams,
                                  length_penalty=args.length_penalty, batch_size=args.batch_size,
-                                 compute_type=args.compute_type)
+                                 compute_type=args.compute_type, recase=args.recase == "model")
     from vanilla_transformer.modeling import GUARDS, generation_guards
 
     guards = {"model": {}, "on": GUARDS, "off": dict.fromkeys(GUARDS)}[args.guards]
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             return translator(lines)
 
     report = {"model": args.model, "engine": args.engine, "source": str(args.source), "seed": args.seed,
-              "guards": args.guards,
+              "guards": args.guards, "recase": args.recase,
               **robustness(translate, sources, references, args.seed),
               "short_inputs": short_inputs(translate, read_short_inputs(args.short_inputs))}
     json.dump(report, sys.stdout, indent=2, ensure_ascii=False)

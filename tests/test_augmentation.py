@@ -1,7 +1,9 @@
-"""data.augment (issue 31): casing, final punctuation and BPE-dropout of training pairs, drawn per seed and epoch,
-reproduced on resume, and nothing changed when off."""
+"""data.augment (issue 31): casing, final punctuation, source typos and BPE-dropout of training pairs, drawn per seed
+and epoch, reproduced on resume, and nothing changed when off."""
 
+import difflib
 import random
+import string
 
 import numpy as np
 import pyarrow as pa
@@ -9,7 +11,7 @@ import pytest
 from conftest import tiny_recipe
 
 from vanilla_transformer.training import augment
-from vanilla_transformer.training.augment import Augmenter, AugmentingCollator, DropoutBPE, transform
+from vanilla_transformer.training.augment import Augmenter, AugmentingCollator, DropoutBPE, add_typos, transform
 from vanilla_transformer.training.recipe import AugmentRecipe, RecipeError
 from vanilla_transformer.training.run import train
 from vanilla_transformer.training.tokenizer import train_tokenizer
@@ -55,7 +57,8 @@ def test_dropout_bpe_segments_more_and_deterministically_per_draw(backend):
 def test_shares_follow_the_options_and_the_draws_follow_seed_and_epoch(backend):
     rows = np.arange(len(SOURCES))
     a = augmenter(backend, upper=0.2, title=0.1, drop_final_punctuation=0.3)
-    casing, drop = a.plan(rows, epoch=0)
+    casing, drop, typos = a.plan(rows, epoch=0)
+    assert not typos.any()
     assert abs(casing.count("upper") / len(rows) - 0.2) < 0.07
     assert abs(casing.count("title") / len(rows) - 0.1) < 0.06 and casing.count("lower") == 0
     assert abs(drop.mean() - 0.3) < 0.08
@@ -67,6 +70,37 @@ def test_shares_follow_the_options_and_the_draws_follow_seed_and_epoch(backend):
         assert backend.decode(encoded[i][0]).removesuffix("</s>") == transform(SOURCES[i], "upper", drop[i])
         assert backend.decode(encoded[i][1]).removesuffix("</s>") == transform(TARGETS[i], "upper", drop[i])
     assert all(encoded[i] is None for i in range(len(rows)) if casing[i] is None and not drop[i])
+
+
+def test_typos_come_at_about_their_rate_and_the_same_per_draw():
+    words = random.Random(0)  # words of random letters, which the diff below cannot align wrongly
+    text = " ".join("".join(words.choice(string.ascii_letters) for _ in range(6)) for _ in range(400))
+    noisy = add_typos(text, random.Random(3))
+    assert noisy == add_typos(text, random.Random(3)) and noisy != add_typos(text, random.Random(4))
+    # Each typo is one or two edits (a swap: a deletion and an insertion) where the texts differ.
+    edits = sum(op != "equal" for op, *_ in difflib.SequenceMatcher(None, text, noisy, autojunk=False).get_opcodes())
+    expected = sum(not c.isspace() for c in text) / 15
+    assert 0.6 * expected < edits < 2.2 * expected
+    assert noisy.count(" ") == text.count(" ")  # spaces are never touched
+
+
+def test_typos_change_the_source_only_in_the_share_asked_for(backend):
+    rows = np.arange(len(SOURCES))
+    a = augmenter(backend, typos=0.3)
+    _, _, typos = a.plan(rows, epoch=0)
+    assert abs(typos.mean() - 0.3) < 0.08
+    encoded = a.encode_rows(rows, 0)
+    for i in range(len(rows)):
+        if not typos[i]:
+            assert encoded[i] is None
+            continue
+        source = backend.decode(encoded[i][0]).removesuffix("</s>")
+        assert backend.decode(encoded[i][1]).removesuffix("</s>") == TARGETS[i]  # the target as it is
+        assert source == add_typos(SOURCES[i], random.Random(int(augment.pair_hashes(1, 0, rows[i:i + 1])[0])
+                                                             ^ augment.TYPO_STREAM))
+    assert sum(backend.decode(encoded[i][0]).removesuffix("</s>") != SOURCES[i]
+               for i in np.flatnonzero(typos)) > 0.6 * typos.sum()  # a short source may draw no typo
+    assert a.encode_rows(rows, 0) == encoded and a.encode_rows(rows, 1) != encoded
 
 
 def test_the_collator_keeps_the_batch_within_its_cap(backend):
@@ -84,6 +118,8 @@ def test_the_collator_keeps_the_batch_within_its_cap(backend):
 def test_recipe_checks_the_options(tmp_path, small_corpus):
     with pytest.raises(RecipeError, match="data.augment.upper"):
         tiny_recipe(small_corpus, tmp_path, "data.augment.upper=0.7", "data.augment.lower=0.5")
+    with pytest.raises(RecipeError, match="data.augment.typos"):
+        tiny_recipe(small_corpus, tmp_path, "data.augment.typos=1.5")
     with pytest.raises(RecipeError, match="data.augment.bpe_dropout"):
         tiny_recipe(small_corpus, tmp_path, "data.augment.bpe_dropout=0.1", "tokenizer.model=unigram")
     assert not tiny_recipe(small_corpus, tmp_path).data.augment.active()
@@ -105,6 +141,7 @@ def recorded_batches(monkeypatch) -> list:
 
 def test_a_resumed_run_sees_the_augmented_batches_of_an_unbroken_one(small_corpus, tmp_path, monkeypatch):
     options = ["data.augment.upper=0.3", "data.augment.drop_final_punctuation=0.3", "data.augment.bpe_dropout=0.1",
+               "data.augment.typos=0.3",
                "training.save_steps=4", "data.test=null", "training.eval_steps=1000"]
     seen = recorded_batches(monkeypatch)
     train(tiny_recipe(small_corpus, tmp_path / "straight", "training.max_steps=8", *options))

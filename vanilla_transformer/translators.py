@@ -4,6 +4,7 @@ made by export-ctranslate2. Both engines' scores mean the same (vanilla_transfor
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .model_folder import DTYPES, accelerator, load_checked_model, load_tokenizer, model_source, native_dtype
+from .pipeline import Recaser
 
 if TYPE_CHECKING:  # scoring brings evaluate and datasets, which a command's --help should not wait for
     from .scoring import Hypothesis, PairScore
@@ -61,11 +63,41 @@ def placement(device: torch.device | str, dtype: str) -> tuple[torch.device, str
 def line_translator(model: str, engine: str = "torch", *, num_beams: int, length_penalty: float, batch_size: int,
                     progress: bool = False, device: str = "auto", dtype: str = "auto", compute_type: str = "default",
                     inter_threads: int | None = None, intra_threads: int = 1,
-                    max_tokens: int | None = None) -> LineTranslator:
+                    max_tokens: int | None = None, recase: bool = True) -> LineTranslator:
     """translate_lines(lines, first_line=1) -> translations with `engine` on the folder `model`; first_line numbers
     the first line in warnings. device and dtype as load_model takes them; compute_type and the threads are
     CTranslate2's (the optional extra), which runs on cpu or cuda and has no dtype but its compute type. max_tokens:
-    batches of that many source tokens instead of batch_size sentences."""
+    batches of that many source tokens instead of batch_size sentences. recase: lines all in capitals or all in lower
+    case recased first where the model has a casing.json, as pipeline("translation") does (pipeline.Recaser)."""
+    translator = engine_translator(model, engine, num_beams=num_beams, length_penalty=length_penalty,
+                                   batch_size=batch_size, progress=progress, device=device, dtype=dtype,
+                                   compute_type=compute_type, inter_threads=inter_threads,
+                                   intra_threads=intra_threads, max_tokens=max_tokens)
+    recaser = Recaser.load(model) if recase else None
+    return recasing(recaser, translator) if recaser is not None else translator
+
+
+def recasing(recaser: Recaser, translator: LineTranslator) -> LineTranslator:
+    """translator, given lines recased by recaser, its translations of all-capitals lines put back in capitals."""
+    def translate_lines(lines: list[str], first_line: int) -> list[str]:
+        recased = [recaser.recase(line) for line in lines]
+        return [Recaser.restore(text, upper)
+                for text, (_, upper) in zip(translator.translate_lines([line for line, _ in recased], first_line),
+                                            recased)]
+
+    def n_best_lines(lines: list[str], k: int, first_line: int) -> list[list[Hypothesis]]:
+        recased = [recaser.recase(line) for line in lines]
+        lists = translator.n_best_lines([line for line, _ in recased], k, first_line)
+        return [[dataclasses.replace(h, text=Recaser.restore(h.text, upper)) for h in hypotheses]
+                for hypotheses, (_, upper) in zip(lists, recased)]
+
+    return dataclasses.replace(translator, translate_lines=translate_lines, n_best_lines=n_best_lines)
+
+
+def engine_translator(model: str, engine: str, *, num_beams: int, length_penalty: float, batch_size: int,
+                      progress: bool, device: str, dtype: str, compute_type: str, inter_threads: int | None,
+                      intra_threads: int, max_tokens: int | None) -> LineTranslator:
+    """line_translator's engine, before any recasing."""
     # Imported here, as the engines are: evaluate and datasets take a third of a second, which a command's --help or
     # another command should not wait for.
     from .evaluation import decoding_settings, translate

@@ -87,7 +87,8 @@ def translate_file_to_file(args: argparse.Namespace) -> None:
         raise ValueError("--input and --output go together, without sentences as arguments")
     # Whatever changes the translations, as asked: a resumed run must make the same ones.
     settings = {key: getattr(args, key) for key in ("model", "engine", "num_beams", "length_penalty", "batch_size",
-                                                    "max_tokens", "window", "device", "dtype", "compute_type")}
+                                                    "max_tokens", "window", "device", "dtype", "compute_type", "no_guards",
+                                                    "no_recase")}
     if Path(args.model).exists():
         settings["model"] = str(Path(args.model).resolve())
     state = PartialState(cpu=not torch.cuda.is_available())

@@ -24,6 +24,9 @@ def add_translation_arguments(parser: argparse.ArgumentParser, batch_size: int) 
                         help="turn off the model's generation guards: the output length bound per sentence "
                              "(generation_config.max_length_a/b) and the repeated n-gram guard "
                              "(repetition_guard_ngram_size)")
+    parser.add_argument("--no-recase", action="store_true",
+                        help="translate lines all in capitals or all in lower case as they are, not recased by the "
+                             "model's casing.json (the translation of an all-capitals line then not put in capitals)")
     add_engine_arguments(parser)
 
 
@@ -57,7 +60,7 @@ def translator_for(args: argparse.Namespace, progress: bool) -> LineTranslator:
                                  length_penalty=args.length_penalty, batch_size=args.batch_size, progress=progress,
                                  device=args.device, dtype=args.dtype, compute_type=args.compute_type,
                                  inter_threads=args.inter_threads, intra_threads=args.intra_threads,
-                                 max_tokens=args.max_tokens)
+                                 max_tokens=args.max_tokens, recase=not args.no_recase)
     if getattr(args, "no_guards", False):
         translator = within(without_guards, translator)
     if args.compile_decoding:

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from ..evaluation import encode_to_fit
 from ..model_folder import load_checked_model, load_tokenizer, model_source
 from ..modeling import guard_settings
+from ..pipeline import Recaser
 from ..scoring import Hypothesis, PairScore, encode_pairs, hypothesis
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ def export(model_dir: str | Path, out_dir: str | Path, quantization: str | None 
     out = Path(converter.convert(str(out_dir), quantization=quantization, force=force))
     converter.tokenizer.save_pretrained(out)
     converter.model.generation_config.save_pretrained(out)  # the guards' settings (modeling.GUARDS) travel with it
+    recaser = Recaser.load(str(model_dir))
+    if recaser is not None:  # and the source casing, which translators.line_translator recases input with
+        recaser.save(out)
     (out / "max_position_embeddings").write_text(str(converter.model.config.max_position_embeddings))
     return out
 

@@ -10,7 +10,8 @@ from .card import render_card
 
 # What a model repo needs and nothing else: safetensors weights (never pickles), configs, tokenizer, code, card.
 UPLOADED = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "special_tokens_map.json", "*.spm", "vocab.json", "*.py", "README.md"]
+            "tokenizer_config.json", "special_tokens_map.json", "*.spm", "vocab.json", "*.py", "README.md",
+            "casing.json"]
 CTRANSLATE2_FOLDER = "ctranslate2"
 # The base class of the errors of huggingface_hub's HTTP client, which an unreachable endpoint raises: httpx's
 # HTTPError (huggingface_hub 1 and later) or requests' RequestException (before), HfHubHTTPError's first ancestor

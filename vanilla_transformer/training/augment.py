@@ -1,6 +1,7 @@
 """Training-time robustness augmentation (data.augment): a seeded share of the training pairs upper-, title- or
-lower-cased and stripped of their final punctuation on both sides, and BPE-dropout (Provilkov et al. 2020), applied
-as the batches are collated, so that the tokenised cache and the batches stay those of the un-augmented pairs."""
+lower-cased and stripped of their final punctuation on both sides, a share given typos on the source side (Karpukhin
+et al. 2019), and BPE-dropout (Provilkov et al. 2020), applied as the batches are collated, so that the tokenised
+cache and the batches stay those of the un-augmented pairs."""
 
 import json
 import multiprocessing
@@ -16,6 +17,10 @@ from .recipe import AugmentRecipe
 
 FINAL_PUNCTUATION = ".!?;:,…"
 EXAMPLE = "augment_example"  # the feature that carries a pair's row number to the collator
+TYPO_RATE = 1 / 15  # typos per character of a source given typos
+TYPO_STREAM = 0x7970  # mixed into a pair's hash for its typos' generator, apart from its BPE-dropout's
+KEYBOARD_ROWS = ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")  # a typo may hit the key beside
+NEIGHBOUR_KEYS = {key: row[max(i - 1, 0): i] + row[i + 1: i + 2] for row in KEYBOARD_ROWS for i, key in enumerate(row)}
 
 
 def pair_hashes(seed: int, epoch: int, rows: np.ndarray) -> np.ndarray:
@@ -42,6 +47,29 @@ def transform(text: str, casing: str | None, drop_punctuation: bool) -> str:
     if drop_punctuation:
         text = text.rstrip().rstrip(FINAL_PUNCTUATION).rstrip() or text  # a text of punctuation only stays
     return text
+
+
+def add_typos(text: str, rng: random.Random, rate: float = TYPO_RATE) -> str:
+    """text with about one typo per 1/rate characters (spaces excepted): two characters swapped, one dropped or
+    doubled, or the key beside it typed."""
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char.isspace() or rng.random() >= rate:
+            out.append(char)
+        else:
+            kind = rng.randrange(4)
+            if kind == 0 and i + 1 < len(text) and not text[i + 1].isspace():  # swapped with the next
+                out += [text[i + 1], char]
+                i += 1
+            elif kind == 1:  # doubled
+                out += [char, char]
+            elif kind == 2 and NEIGHBOUR_KEYS.get(char.lower()):  # the key beside
+                key = rng.choice(NEIGHBOUR_KEYS[char.lower()])
+                out.append(key.upper() if char.isupper() else key)
+            # else dropped
+        i += 1
+    return "".join(out)
 
 
 class DropoutBPE:
@@ -104,28 +132,31 @@ class Augmenter:
     def set_epoch(self, epoch: int) -> None:
         self.shared_epoch.value = epoch
 
-    def plan(self, rows: np.ndarray, epoch: int) -> tuple[list[str | None], np.ndarray]:
-        """Each row's casing (None: as it is) and whether its final punctuation goes, in this epoch."""
+    def plan(self, rows: np.ndarray, epoch: int) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+        """Each row's casing (None: as it is), whether its final punctuation goes and whether its source gets typos,
+        in this epoch."""
         hashes = pair_hashes(self.seed, epoch, rows)
         o = self.options
-        case_draw, punctuation_draw = uniforms(hashes, 1), uniforms(hashes, 2)
+        case_draw, punctuation_draw, typo_draw = uniforms(hashes, 1), uniforms(hashes, 2), uniforms(hashes, 3)
         bounds = np.cumsum([o.upper, o.title, o.lower])
         casing = [None if d >= bounds[-1] else ("upper", "title", "lower")[int(np.searchsorted(bounds, d, "right"))]
                   for d in case_draw]
-        return casing, punctuation_draw < o.drop_final_punctuation
+        return casing, punctuation_draw < o.drop_final_punctuation, typo_draw < o.typos
 
     def encode_rows(self, rows: np.ndarray, epoch: int) -> list[tuple[list[int], list[int]] | None]:
         """The augmented token ids of each row, or None where the augmentation leaves it as it is."""
-        casing, drop = self.plan(rows, epoch)
-        chosen = [i for i in range(len(rows)) if self.dropout or casing[i] or drop[i]]
+        casing, drop, typos = self.plan(rows, epoch)
+        chosen = [i for i in range(len(rows)) if self.dropout or casing[i] or drop[i] or typos[i]]
         if not chosen:
             return [None] * len(rows)
         taken = pa.array(rows[chosen])
         src, tgt = (column.take(taken).to_pylist() for column in self.texts)
-        pairs = [(transform(s, casing[i], drop[i]), transform(t, casing[i], drop[i]))
-                 for i, s, t in zip(chosen, src, tgt)]
+        hashes = pair_hashes(self.seed, epoch, rows[chosen])
+        pairs = []
+        for i, s, t, h in zip(chosen, src, tgt, hashes):
+            s, t = transform(s, casing[i], drop[i]), transform(t, casing[i], drop[i])
+            pairs.append((add_typos(s, random.Random(int(h) ^ TYPO_STREAM)) if typos[i] else s, t))
         if self.dropout is not None:
-            hashes = pair_hashes(self.seed, epoch, rows[chosen])
             encoded = []
             for (s, t), h in zip(pairs, hashes):
                 rng = random.Random(int(h))

@@ -37,6 +37,9 @@ class AugmentRecipe:
     title: float = 0.0  # share of pairs title-cased on both sides
     lower: float = 0.0  # share of pairs lower-cased on both sides
     drop_final_punctuation: float = 0.0  # share of pairs whose final punctuation is dropped on both sides
+    # Share of pairs whose source gets about one typo per 15 characters (swapped, dropped, doubled, the key beside),
+    # the target left as it is: training on synthetic noise (Karpukhin et al. 2019).
+    typos: float = 0.0
     bpe_dropout: float = 0.0  # BPE-dropout p (Provilkov et al. 2020) on every pair; BPE tokenizers only
     # While augmenting, batches are packed to micro_batch_tokens / (1 + headroom), leaving room for the longer
     # augmented pairs (upper case and dropout split words into more subwords); a batch that still passes the cap
@@ -46,12 +49,12 @@ class AugmentRecipe:
     def active(self) -> bool:
         """Whether the augmentation changes any pair."""
         return any(value > 0 for value in (self.upper, self.title, self.lower, self.drop_final_punctuation,
-                                           self.bpe_dropout))
+                                           self.typos, self.bpe_dropout))
 
     def rules(self) -> list[tuple[str, bool, str]]:
         """(key, holds, expected) for Recipe.check."""
         shares = [("upper", self.upper), ("title", self.title), ("lower", self.lower),
-                  ("drop_final_punctuation", self.drop_final_punctuation)]
+                  ("drop_final_punctuation", self.drop_final_punctuation), ("typos", self.typos)]
         return [*((f"data.augment.{key}", 0 <= value <= 1, "a share in [0, 1]") for key, value in shares),
                 ("data.augment.upper", self.upper + self.title + self.lower <= 1,
                  "such that upper + title + lower <= 1 (a pair gets one casing)"),

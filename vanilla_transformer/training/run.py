@@ -19,12 +19,14 @@ from ..configuration import VanillaTransformerConfig
 from ..evaluation import decoding_settings, evaluate_split, load_bleu, translate
 from ..model_folder import make_portable
 from ..modeling import VanillaTransformerForConditionalGeneration
+from ..pipeline import Recaser
 from ..results import RunResults, SplitScore
 from .augment import make_augmenter
 from .average import averaged_model
+from .casing import learn_recaser
 from .checkpoints import CheckpointError, batches_problem, last_checkpoints, resume_checkpoint, whole_weights_problem
 from .plots import plot_curves
-from .prepare import PreparedData, prepare_data, process_state
+from .prepare import PreparedData, prepare_data, process_state, training_text
 from .recipe import Recipe, RecipeError, load_recipe
 from .run_lock import run_folder_owned
 from .schedule import base_lr
@@ -32,6 +34,7 @@ from ..staging import replaced_whole
 from .trainer import TrainingDiverged, TranslationTrainer, bleu_metric_fn
 
 logger = logging.getLogger(__name__)
+CASING_SAMPLE = 500_000  # training sources the source casing is learned from: a few seconds, whatever the corpus
 
 
 def bf16_available() -> bool:
@@ -137,7 +140,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, command
         train_seconds = time.perf_counter() - started
         # Every process takes part in the final save (a collective under FSDP and ZeRO-3) and in the test
         # translation; the main process writes the run folder.
-        model, averaged = save_final_model(trainer, recipe)
+        model, averaged = save_final_model(trainer, recipe, source_casing(recipe, data) if state.is_main_process
+                                           else None)
         test = score_test_split(recipe, model, data, state) if recipe.data.test else None
         if not trainer.is_world_process_zero():
             return None
@@ -257,10 +261,17 @@ def make_trainer(recipe: Recipe, config: VanillaTransformerConfig, data: Prepare
     )
 
 
-def save_final_model(trainer: TranslationTrainer, recipe: Recipe
+def source_casing(recipe: Recipe, data: PreparedData) -> Recaser:
+    """The usual casing of the source language's words, from (a sample of) the training sources."""
+    return learn_recaser(training_text(data.raw[recipe.data.train], (recipe.data.src,), CASING_SAMPLE,
+                                       recipe.training.seed))
+
+
+def save_final_model(trainer: TranslationTrainer, recipe: Recipe, recaser: Recaser | None = None
                      ) -> tuple[VanillaTransformerForConditionalGeneration, list[str]]:
-    """run_dir/model: the average of the last checkpoints (average_last) or the trained weights, with the tokenizer,
-    made portable, written whole or not at all (a full disk is an OSError naming it, with no half-made folder).
+    """run_dir/model: the average of the last checkpoints (average_last) or the trained weights, with the tokenizer
+    and the source casing (recaser), made portable, written whole or not at all (a full disk is an OSError naming it,
+    with no half-made folder).
 
     Every process takes part: gathering the trained weights is a collective under FSDP and ZeRO-3, and the main
     process's failure is raised in all of them. Returns the final model on every process's device, and (in the main
@@ -278,6 +289,8 @@ def save_final_model(trainer: TranslationTrainer, recipe: Recipe
                 model.save_pretrained(staging)
                 trainer.processing_class.save_pretrained(staging)
                 make_portable(staging, (recipe.data.src, recipe.data.tgt))
+                if recaser is not None:
+                    recaser.save(staging)
     return on_every_process(model, trainer.model, accelerator), averaged
 
 
