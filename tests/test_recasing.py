@@ -30,6 +30,14 @@ def test_only_text_all_in_one_case_is_recased_and_capitals_come_back_in_capitals
     assert Recaser.restore("The man.", False) == "The man."
 
 
+def test_a_broken_casing_file_is_named(tmp_path):
+    assert Recaser.load(str(tmp_path)) is None  # no casing.json: no recasing
+    for text in ("{not json", '{"words": {}}', '{"forms": 3}'):
+        (tmp_path / CASING_FILE).write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=f"{tmp_path / CASING_FILE}: not a casing file"):
+            Recaser.load(str(tmp_path))
+
+
 @pytest.fixture(scope="module")
 def recased_model(memorized):
     """The memorised model, and the test2016 lines whose capitals and lower case its casing.json recases exactly."""

@@ -41,8 +41,12 @@ class Recaser:
                             _raise_exceptions_for_connection_errors=False) if model else None)
         if path is None:
             return None
-        with open(path, encoding="utf-8") as file:
-            return cls(json.load(file)["forms"])
+        try:
+            with open(path, encoding="utf-8") as file:
+                return cls(dict(json.load(file)["forms"]))
+        except (ValueError, KeyError, TypeError) as error:  # invalid JSON or UTF-8, or not a {"forms": {...}}
+            raise ValueError(f"{path}: not a casing file of this package ({type(error).__name__}: {error}); "
+                             "delete it to translate without recasing") from None
 
     def recase(self, text: str) -> tuple[str, bool]:
         """The text the model is given, and whether the translation goes back in capitals (the input was all
