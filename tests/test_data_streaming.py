@@ -136,3 +136,18 @@ def test_tokenized_rows_through_the_tokenizer_wrapper_keep_their_ids(tmp_path):
     tokenized = tokenize(raw, tokenizer, ("de", "en"))
     assert tokenized.features["labels"].feature.dtype == "uint16"
     assert tokenized["labels"] == tokenizer(["A dog runs."] * 3)["input_ids"]
+
+
+def test_cache_files_hold_a_record_batch_per_chunk_not_per_thousand_rows(tmp_path, monkeypatch):
+    """Every process that maps a cache file holds Arrow objects for each of its record batches and columns: with
+    datasets' default of 1,000 rows a batch, a 45M-pair corpus made 45,000 of them per file, memory that grew with
+    the corpus. The text is written a read chunk per batch, the ids an encoding batch per batch."""
+    monkeypatch.setattr(data, "TEXT_CHUNK_BYTES", 1 << 15)
+    monkeypatch.setattr(data, "ENCODE_BATCH_PAIRS", 2000)
+    lines = [f"w{i % 300} w{i * 7 % 300}" for i in range(5000)]  # about 11 bytes a line: 2 chunks of 32 KiB
+    write_pairs(tmp_path, "train", lines, lines)
+    raw = load_parallel(tmp_path, ("de", "en"), splits=["train"])["train"]
+    assert raw.cache_files and raw.data.column("translation").num_chunks == 2
+    encoded = encode_pairs(raw, word_level_backend(300), ("de", "en"), None, None, "record-batches")
+    assert encoded.cache_files and encoded.data.column("input_ids").num_chunks == 3  # 2,000 + 2,000 + 1,000 rows
+    assert encoded["input_ids"][4999] == [4999 % 300, 4999 * 7 % 300]

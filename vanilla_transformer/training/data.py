@@ -104,8 +104,9 @@ def content_hash(path: Path) -> str:
 
 
 # The source text read into each Arrow chunk: memory holds one chunk (about 3x this in Python strings), whatever the
-# corpus' size; larger chunks save little (the chunks of a 1M-pair corpus take 5% of the time at this size).
-TEXT_CHUNK_BYTES = 1 << 20
+# corpus' size. Each chunk is one record batch of the cache file, and every process that maps the file holds a few
+# hundred bytes of Arrow objects per record batch and column: 8 MiB chunks keep that to about 600 batches at 45M pairs.
+TEXT_CHUNK_BYTES = 8 << 20
 
 
 @dataclass
@@ -126,6 +127,7 @@ class TextPairs(datasets.ArrowBasedBuilder):
 
     BUILDER_CONFIG_CLASS = TextPairsConfig
     VERSION = datasets.Version("2.0.0")  # in the cache's path: change it when the output changes
+    DEFAULT_WRITER_BATCH_SIZE = 1 << 24  # rows: a chunk is one record batch (datasets' default splits it every 1,000)
 
     def _info(self) -> datasets.DatasetInfo:
         text = datasets.Value("string")
@@ -321,7 +323,10 @@ def current_umask() -> int:
 
 # In every tokenised cache's key: change it when the output changes. v2: uint16 ids where the vocabulary fits.
 TOKENIZED_FORMAT = "input_ids+labels:uint16-or-int32:v2"
-ENCODE_BATCH_PAIRS = 50_000  # pairs a batch of the encoding holds as Python objects, at a time per process
+# Pairs a batch of the encoding holds as Python objects, at a time per process; also the rows of each record batch of
+# the tokenised cache (datasets writes 1,000 by default: 45,000 record batches at 45M pairs, whose Arrow objects are
+# held by every process that maps the file).
+ENCODE_BATCH_PAIRS = 50_000
 
 
 def tokenize(dataset: datasets.Dataset, tokenizer, langs: tuple[str, str], num_proc: int | None = None,
@@ -373,7 +378,8 @@ def encode_pairs(dataset: datasets.Dataset, backend: str, langs: tuple[str, str]
                                   "labels": datasets.Sequence(datasets.Value(id_type))})
     with cycle_collector_paused():
         tokenized = dataset.with_format("arrow").map(
-            encode, batched=True, batch_size=ENCODE_BATCH_PAIRS, num_proc=num_proc, features=features,
+            encode, batched=True, batch_size=ENCODE_BATCH_PAIRS, writer_batch_size=ENCODE_BATCH_PAIRS,
+            num_proc=num_proc, features=features,
             remove_columns=dataset.column_names, new_fingerprint=fingerprint, desc=f"tokenizing {src}->{tgt}")
     return tokenized.with_format(None)  # rows as Python objects again, as the collator takes them
 
