@@ -71,8 +71,6 @@ def tiny_overrides(corpus: Path) -> list[str]:
         "model.overrides={dropout: 0.1, max_position_embeddings: 256}", "training.update_tokens=600",
         "training.warmup_steps=20", "training.lr_scale=2.0", "training.logging_steps=5", "training.save_steps=20",
         "training.precision=fp32", "average_last=0",
-        # The demo recipe's robustness augmentation off: tests that want it ask for it.
-        "data.augment.drop_final_punctuation=0", "data.augment.typos=0",
     ]
 
 
