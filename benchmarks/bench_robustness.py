@@ -131,21 +131,26 @@ def read_short_inputs(path: Path) -> list[dict]:
 
 
 def short_inputs(translate, rows: list[dict]) -> dict:
-    """Exact matches of the short inputs, whether numbers and names come through unchanged, and the failures."""
+    """Exact matches of the short inputs, whether numbers and names come through unchanged, how many outputs are
+    sentences invented around them, and the failures."""
     outputs = translate([row["source"] for row in rows])
 
     def loose(text: str) -> str:
         return text.strip().rstrip(FINAL_PUNCTUATION).casefold()
 
-    def kept(row: dict, output: str) -> bool:  # every number or name of the reference, as it is, in the output
+    def kept(row: dict, output: str) -> bool:  # every number or name of the reference, as a whole word of the output
         pieces = re.findall(r"\d+(?:[.,]\d+)?", row["reference"]) if row["kind"] == "number" else \
             [word.strip(",!?.") for word in row["reference"].split() if word[:1].isupper()]
-        return all(piece in output for piece in pieces)
+        return all(re.search(rf"(?<!\w){re.escape(piece)}(?!\w)", output) for piece in pieces)
+
+    def invented(row: dict, output: str) -> bool:  # a sentence made up around it: 3+ words more than the reference
+        return len(output.split()) > len(row["reference"].split()) + 2
 
     exact = [output.strip() == row["reference"] for row, output in zip(rows, outputs)]
     report = {"inputs": len(rows), "exact_match_rate": round(sum(exact) / len(rows), 3),
               "loose_match_rate": round(sum(loose(o) == loose(r["reference"]) for r, o in zip(rows, outputs))
                                         / len(rows), 3),
+              "invented_rate": round(sum(map(invented, rows, outputs)) / len(rows), 3),
               "too_long_rate": degeneration([r["source"] for r in rows], outputs)["too_long_rate"]}
     for kind in ("number", "name"):
         chosen = [(row, output) for row, output in zip(rows, outputs) if row["kind"] == kind]

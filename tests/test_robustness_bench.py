@@ -76,6 +76,15 @@ def test_short_inputs_report_counts_kept_numbers_and_names():
     assert report["numbers_kept"] == "0/1" and report["names_kept"] == "1/1"
     assert report["exact_match_rate"] == round(1 / 3, 3) and report["loose_match_rate"] == round(2 / 3, 3)
     assert [f["source"] for f in report["failures"]] == ["123", "Hallo"]
+    assert report["invented_rate"] == round(1 / 3, 3)  # "3 men are performing." for "123"
+
+
+def test_a_number_is_kept_only_as_a_whole_word():
+    rows = [{"source": s, "reference": s, "kind": "number"} for s in ("2", "3", "1", "3,5")]
+    outputs = ["222 skaters.", "13 dogs", "1 soccer players are running in the", "3,55 m"]
+    report = bench.short_inputs(lambda lines: outputs, rows)
+    assert report["numbers_kept"] == "1/4"  # the "1" of an invented sentence, which invented_rate counts
+    assert report["invented_rate"] == 0.25
 
 
 @pytest.fixture(scope="module")
