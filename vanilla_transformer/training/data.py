@@ -104,8 +104,8 @@ def content_hash(path: Path) -> str:
 
 
 # The source text read into each Arrow chunk: memory holds one chunk (about 3x this in Python strings), whatever the
-# corpus' size. Each chunk is one record batch of the cache file, and every process that maps the file holds a few
-# hundred bytes of Arrow objects per record batch and column: 8 MiB chunks keep that to about 600 batches at 45M pairs.
+# corpus' size. Each chunk is one record batch of the cache file, and every process that maps the file holds about a
+# kilobyte of Arrow objects per record batch and column: 8 MiB chunks keep that to about 500 batches at 45M pairs.
 TEXT_CHUNK_BYTES = 8 << 20
 
 
