@@ -103,8 +103,8 @@ def memorize_test2016(data_dir: Path, tmp_path_factory, sentences: int, validati
 @pytest.fixture(scope="session")
 def memorized(data_dir, tmp_path_factory):
     """A tiny de->en model that translates the first 12 test2016 pairs, learnt by heart, and that corpus."""
-    # 800 updates: after 500, on a 2-core AVX2-only EPYC, train BLEU was 49 with 2 threads and 19 with 1 (the thread
-    # count the suite runs it with there); after 800, 62 and 69.
+    # 800 updates: after 500, on a 2-core AVX2-only EPYC, train BLEU was 49 with 2 threads and 19 with 1 (the suite
+    # ran it on 1 there, once a CTranslate2 test had set torch's threads: fixed since); after 800, 62 and 69.
     return memorize_test2016(data_dir, tmp_path_factory, 12, 4, 128, "training.max_steps=800",
                              "training.label_smoothing=0.0")
 

@@ -113,6 +113,20 @@ def test_translator_api_and_long_and_blank_lines(tokenizer, tmp_path):
         engine.Translator(tmp_path / "ct2", intra_threads=0)
 
 
+def test_the_engine_leaves_torchs_threads_as_they_were(tokenizer, tmp_path):
+    """Creating a ctranslate2.Translator sets the creating thread's OpenMP threads to intra_threads, in the runtime
+    torch shares: without putting them back, torch ran on one thread for the rest of the process (a test suite's
+    later trainings included)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, translator = exported(tokenizer, tmp_path)
+        translator.translate(SENTENCES[:2], num_beams=2, max_length_offset=5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_int8_on_a_cpu_without_vnni_warns(tokenizer, tmp_path, monkeypatch, caplog):
     exported(tokenizer, tmp_path)
     engine.export(tmp_path / "model", tmp_path / "int8", quantization="int8")

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import ctranslate2
+import torch
 from ctranslate2.converters import Converter
 from ctranslate2.specs import common_spec, transformer_spec
 from transformers import AutoTokenizer, GenerationConfig
@@ -183,8 +184,12 @@ class Translator:
         if inter_threads is None:
             inter_threads = max(1, (os.cpu_count() or 1) // intra_threads) if device == "cpu" else 1
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        torch_threads = torch.get_num_threads()
         self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute_type,
                                                  inter_threads=inter_threads, intra_threads=intra_threads)
+        # The engine sets the OpenMP threads of the thread that creates it to intra_threads, and torch shares that
+        # OpenMP runtime: left so, everything torch computes afterwards in this process runs on one thread.
+        torch.set_num_threads(torch_threads)
         self.max_positions = int((path / "max_position_embeddings").read_text())
         # An export made before the guards has no generation_config.json: the guards are off, as in its model.
         self.generation_config = (GenerationConfig.from_pretrained(path)
