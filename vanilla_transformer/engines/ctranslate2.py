@@ -188,7 +188,7 @@ class Translator:
         self.translator = ctranslate2.Translator(str(path), device=device, compute_type=compute_type,
                                                  inter_threads=inter_threads, intra_threads=intra_threads)
         # The engine sets the OpenMP threads of the thread that creates it to intra_threads, and torch shares that
-        # OpenMP runtime: left so, everything torch computes afterwards in this process runs on one thread.
+        # OpenMP runtime: left so, everything torch computes afterwards in this process runs on that many threads.
         torch.set_num_threads(torch_threads)
         self.max_positions = int((path / "max_position_embeddings").read_text())
         # An export made before the guards has no generation_config.json: the guards are off, as in its model.
