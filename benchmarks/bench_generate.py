@@ -1,17 +1,22 @@
 """generate() speed: our model vs MarianMTModel with identical shape and weights, same inputs, same run; ours also with
-generate(compile_decoding=True) (greedy search through a compiled decoder step; beam search stays eager).
+generate(compile_decoding=True) (greedy search through a compiled decoder step; beam search stays eager), and, with
+--ctranslate2, the same weights exported to CTranslate2 (float32 and int8, on 1 and on all threads), which
+translates the same token ids for the same number of steps.
 
 Each precision is measured with both models in it: fp32, and bf16 weights (from_pretrained(..., dtype=torch.bfloat16)
 or model.to(torch.bfloat16)). Prints one JSON object. Asserts that both models produce the same tokens in fp32 and
 reports the fraction of identical sequences in bf16.
-Usage: python benchmarks/bench_generate.py [--shape base] [--dtypes fp32 bf16] [--repeats 3]
+Usage: python benchmarks/bench_generate.py [--shape base] [--dtypes fp32 bf16] [--repeats 3] [--ctranslate2]
 """
 
 import argparse
 import copy
 import json
+import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from common import machine, marian_and_ours, median_seconds
@@ -47,12 +52,62 @@ def measure(model, src, beams, new_tokens, repeats, compile_decoding=False):
     return out, figures
 
 
+def exported_for_ctranslate2(model, folder: str) -> str:
+    """The model saved with a stand-in tokenizer (token i is "t{i}", the model's special ids kept) and exported to
+    CTranslate2 in float32; the engine quantizes to int8 as it loads."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from vanilla_transformer.engines.ctranslate2 import export
+
+    config = model.config
+    vocabulary = {f"t{i}": i for i in range(config.vocab_size)}
+    special = {}  # an id that serves two roles (Marian's pad is often its decoder start) keeps its first name
+    for role, token_id, name in (("pad_token", config.pad_token_id, "<pad>"), ("eos_token", config.eos_token_id, "</s>"),
+                                 ("bos_token", config.decoder_start_token_id, "<s>")):
+        if f"t{token_id}" in vocabulary:
+            vocabulary[name] = vocabulary.pop(f"t{token_id}")
+        special[role] = next(token for token, i in vocabulary.items() if i == token_id)
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token=special["pad_token"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=special["pad_token"], **special)
+    model.float().save_pretrained(f"{folder}/model")
+    tokenizer.save_pretrained(f"{folder}/model")
+    return str(export(f"{folder}/model", f"{folder}/ct2")), vocabulary
+
+
+def measure_ctranslate2(path: str, vocabulary: dict, src: torch.Tensor, beams: int, new_tokens: int, repeats: int,
+                        compute_type: str, threads: int) -> tuple[torch.Tensor, dict]:
+    """CTranslate2 on the same source ids, exactly new_tokens steps (min = max decoding length, as no </s> above):
+    the output ids, decoder start first as generate() gives them, and the figures."""
+    import ctranslate2
+
+    torch_threads = torch.get_num_threads()
+    translator = ctranslate2.Translator(path, compute_type=compute_type, inter_threads=1, intra_threads=threads)
+    torch.set_num_threads(torch_threads)  # the engine sets the OpenMP threads torch shares (engines/ctranslate2.py)
+    token = {i: name for name, i in vocabulary.items()}
+    tokens = [[token[i] for i in row] for row in src.tolist()]
+
+    def run():
+        return translator.translate_batch(tokens, beam_size=beams, max_decoding_length=new_tokens,
+                                          min_decoding_length=new_tokens, max_batch_size=len(tokens),
+                                          length_penalty=1.0, return_end_token=True)
+
+    hypotheses = [result.hypotheses[0] for result in run()]
+    steps = len(hypotheses[0])
+    seconds = median_seconds(run, repeats, warmup=0)
+    start = vocabulary[json.loads((Path(path) / "config.json").read_text())["decoder_start_token"]]
+    ids = torch.tensor([[start, *(vocabulary[t] for t in hypothesis)] for hypothesis in hypotheses])
+    return ids, {"generated_tokens_per_s": round(steps * len(tokens) / seconds, 1),
+                 "ms_per_step": round(1000 * seconds / steps, 2), "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shape", default="base", choices=["small", "base"])
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--ctranslate2", action="store_true", help="also the same weights in CTranslate2")
     args = parser.parse_args()
 
     marian, ours = marian_and_ours(args.shape)
@@ -61,6 +116,9 @@ def main() -> None:
     cases = (("batch64_greedy", 64, 1), ("batch64_beam4", 64, 4), ("batch1_greedy", 1, 1))
     results = {"shape": args.shape, "source_length": 24, "new_tokens": args.new_tokens, "machine": machine(),
                "cases": {}}
+    exported = tempfile.TemporaryDirectory(prefix="bench_generate_")
+    ct2_path, vocabulary = (exported_for_ctranslate2(copy.deepcopy(ours), exported.name) if args.ctranslate2
+                            else (None, None))
     for dtype in args.dtypes:
         marian.to(DTYPES[dtype]).eval(), ours.to(DTYPES[dtype]).eval()
         for name, batch, beams in cases:
@@ -83,6 +141,16 @@ def main() -> None:
                 "compiled_identical_to_eager_fraction": round(
                     (compiled_out == ours_out).all(dim=1).float().mean().item(), 3),
             }
+            if ct2_path and dtype == "fp32":  # the engine computes in float32 or int8 on a CPU, not bf16
+                for compute_type in ("float32", "int8"):
+                    for threads in sorted({1, os.cpu_count() or 1}):
+                        ids, figures = measure_ctranslate2(ct2_path, vocabulary, sources[batch], beams,
+                                                           args.new_tokens, args.repeats, compute_type, threads)
+                        same = ids.shape == ours_out.shape and (ids == ours_out).all(dim=1).float().mean().item()
+                        figures["identical_to_eager_fraction"] = round(float(same), 3)
+                        figures["ours_eager_time_over_this"] = round(our_figures["ms_per_step"]
+                                                                     / figures["ms_per_step"], 3)
+                        case[f"ctranslate2_{compute_type}_{threads}_threads"] = figures
             if dtype != "fp32" and "fp32" in args.dtypes:
                 # What a user gains by loading ours in bf16 instead of running Marian as it comes (a different
                 # precision, so not the like-for-like ratio above).
