@@ -52,9 +52,9 @@ def measure(model, src, beams, new_tokens, repeats, compile_decoding=False):
     return out, figures
 
 
-def exported_for_ctranslate2(model, folder: str) -> str:
+def exported_for_ctranslate2(model, folder: str) -> tuple[str, dict[str, int]]:
     """The model saved with a stand-in tokenizer (token i is "t{i}", the model's special ids kept) and exported to
-    CTranslate2 in float32; the engine quantizes to int8 as it loads."""
+    CTranslate2 in float32 (the engine quantizes to int8 as it loads): the export's path and that vocabulary."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -116,9 +116,10 @@ def main() -> None:
     cases = (("batch64_greedy", 64, 1), ("batch64_beam4", 64, 4), ("batch1_greedy", 1, 1))
     results = {"shape": args.shape, "source_length": 24, "new_tokens": args.new_tokens, "machine": machine(),
                "cases": {}}
-    exported = tempfile.TemporaryDirectory(prefix="bench_generate_")
-    ct2_path, vocabulary = (exported_for_ctranslate2(copy.deepcopy(ours), exported.name) if args.ctranslate2
-                            else (None, None))
+    ct2_path = vocabulary = None
+    if args.ctranslate2:
+        exported = tempfile.TemporaryDirectory(prefix="bench_generate_")  # removed when the process ends
+        ct2_path, vocabulary = exported_for_ctranslate2(copy.deepcopy(ours), exported.name)
     for dtype in args.dtypes:
         marian.to(DTYPES[dtype]).eval(), ours.to(DTYPES[dtype]).eval()
         for name, batch, beams in cases:

@@ -4,8 +4,8 @@ Runs `--updates` updates of a recipe (the de->en demo's by default) through Tran
 with evaluation and checkpoints off, and times each update's phases: forward (model and label-smoothed loss),
 backward, gradient clipping, the optimizer step, the rest of the trainer's step (scheduler, zero_grad, callbacks)
 and what lies between two updates (the next batch from the data loader, the trainer's loop). With `--model`, a
-trained model folder, also the pauses a run makes: one evaluation (greedy BLEU on the recipe's validation pairs, as
-every training.eval_steps) and one checkpoint save. Each precision runs in a fresh process; `--emulate-avx2` repeats
+trained model folder, also the pauses a run makes: one evaluation (BLEU on the recipe's validation pairs with its
+decoding, as every training.eval_steps) and one save_model (the weights; a checkpoint adds the optimizer's state). Each precision runs in a fresh process; `--emulate-avx2` repeats
 them with torch, MKL and oneDNN held to AVX2 kernels. Prints one JSON object.
 
     python benchmarks/bench_update.py --precision fp32 bf16 [--emulate-avx2] [--model runs/demo/model]
@@ -116,7 +116,7 @@ def measure(recipe_path: str, precision: str, updates: int, warmup: int, model_d
 
 
 def pauses(trainer, model_dir: str, folder: str) -> dict:
-    """Seconds of one evaluation (the recipe's validation pairs, trained weights) and one checkpoint save."""
+    """Seconds of one evaluation (the recipe's validation pairs, trained weights) and one save_model."""
     from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
 
     trained = VanillaTransformerForConditionalGeneration.from_pretrained(model_dir)
