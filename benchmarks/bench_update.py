@@ -5,8 +5,9 @@ with evaluation and checkpoints off, and times each update's phases: forward (mo
 backward, gradient clipping, the optimizer step, the rest of the trainer's step (scheduler, zero_grad, callbacks)
 and what lies between two updates (the next batch from the data loader, the trainer's loop). With `--model`, a
 trained model folder, also the pauses a run makes: one evaluation (BLEU on the recipe's validation pairs with its
-decoding, as every training.eval_steps) and one save_model (the weights; a checkpoint adds the optimizer's state). Each precision runs in a fresh process; `--emulate-avx2` repeats
-them with torch, MKL and oneDNN held to AVX2 kernels. Prints one JSON object.
+decoding, as every training.eval_steps) and one save_model (the weights; a checkpoint adds the optimizer's state).
+Each precision runs in a fresh process; `--emulate-avx2` repeats them with torch, MKL and oneDNN held to AVX2 kernels.
+Prints one JSON object.
 
     python benchmarks/bench_update.py --precision fp32 bf16 [--emulate-avx2] [--model runs/demo/model]
         [--set data.augment.typos=0.1]
